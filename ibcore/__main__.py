@@ -1,0 +1,5 @@
+"""``python -m ibcore`` — see :mod:`ibcore.cli`."""
+
+from ibcore.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,26 @@
+"""One runner per chapter. Each runner module defines ``CHAPTER``, ``EXPERIMENTS``, a mapping
+``PROFILES`` of frozen dataclass settings (``smoke``, ``cpu``, ``paper``) and
+
+``run(profile="smoke", *, device="auto", seed=0, resume=False, results_root=None,
+progress=True) -> dict[str, Path]`` (experiment name → result file written).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ibcore.errors import UnknownNameError
+
+RUNNERS: dict[str, str] = {
+    "foundations": "ibcore.runners.foundations",
+}
+
+
+def get_runner(chapter: str) -> ModuleType:
+    """Import and return the runner module of ``chapter``."""
+    if chapter not in RUNNERS:
+        raise UnknownNameError(
+            f"unknown chapter {chapter!r}; choose one of {', '.join(sorted(RUNNERS))}"
+        )
+    return importlib.import_module(RUNNERS[chapter])

@@ -1,0 +1,234 @@
+"""A small training loop with exact checkpoint/resume.
+
+Each epoch visits the training tensors in an order drawn from a generator seeded by
+``(seed, epoch)``, so the order of any epoch can be regenerated after a restart. A checkpoint
+holds the modules, the optimizer(s), the scheduler, the global torch RNG state (which the loss
+draws its Monte-Carlo noise from), the position inside the epoch, the running sums of the loss
+terms and the history. Resuming from it therefore continues bit for bit on the CPU: a run killed
+at any point and resumed ends with exactly the numbers of a run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ibcore.checkpoint import load_checkpoint, save_checkpoint
+from ibcore.errors import NonFiniteError, ShapeError
+from ibcore.validation import check_int
+
+LossFn = Callable[[tuple[Tensor, ...]], Mapping[str, Tensor]]
+StepFn = Callable[[tuple[Tensor, ...], int], Mapping[str, Tensor | float]]
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device) -> Tensor:
+    """The visiting order of epoch ``epoch`` (1-based), a pure function of ``(n, seed, epoch)``."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen).to(device)
+
+
+class Trainer:
+    """Train ``modules`` on in-memory tensors ``data`` for ``epochs`` epochs.
+
+    Give either ``loss_fn`` (a batch → dict of scalar loss terms with key ``"loss"``; the trainer
+    zeroes gradients, checks every term is finite, back-propagates ``"loss"`` and steps the single
+    ``optimizer``) or ``step_fn`` (a batch and global step → dict of terms; it does its own
+    optimisation, e.g. alternating GAN updates with several optimizers).
+
+    ``epoch_end_fn(epoch)`` returns extra per-epoch numbers (test metrics, information-plane
+    coordinates); they are stored in the history row of that epoch. A scheduler steps once per
+    epoch, after ``epoch_end_fn``; with ``scheduler_metric`` it is given that entry of the row
+    (for ``ReduceLROnPlateau``).
+    """
+
+    def __init__(
+        self,
+        modules: Mapping[str, nn.Module],
+        optimizer: torch.optim.Optimizer | Mapping[str, torch.optim.Optimizer],
+        data: tuple[Tensor, ...],
+        *,
+        batch_size: int,
+        epochs: int,
+        seed: int,
+        device: torch.device,
+        loss_fn: LossFn | None = None,
+        step_fn: StepFn | None = None,
+        scheduler: Any | None = None,
+        scheduler_metric: str | None = None,
+        checkpoint_path: Path | None = None,
+        checkpoint_every_steps: int | None = None,
+        fingerprint: str = "",
+        epoch_end_fn: Callable[[int], Mapping[str, float]] | None = None,
+        progress: bool = True,
+        desc: str = "",
+        drop_last: bool = True,
+    ) -> None:
+        if (loss_fn is None) == (step_fn is None):
+            raise TypeError("give exactly one of loss_fn and step_fn")
+        optimizers = dict(optimizer) if isinstance(optimizer, Mapping) else {"main": optimizer}
+        if loss_fn is not None and len(optimizers) != 1:
+            raise TypeError("loss_fn needs exactly one optimizer; use step_fn for several")
+        if not data:
+            raise ShapeError("data must hold at least one tensor")
+        n = data[0].shape[0]
+        if any(t.shape[0] != n for t in data):
+            raise ShapeError(f"data tensors disagree in length: {[t.shape[0] for t in data]}")
+        self.modules = dict(modules)
+        self.optimizers = optimizers
+        self.data = data
+        self.n = n
+        self.batch_size = check_int("batch_size", batch_size, low=1)
+        self.epochs = check_int("epochs", epochs, low=0)
+        self.seed = seed
+        self.device = device
+        self.loss_fn = loss_fn
+        self.step_fn = step_fn
+        self.scheduler = scheduler
+        self.scheduler_metric = scheduler_metric
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.checkpoint_every_steps = checkpoint_every_steps
+        self.fingerprint = fingerprint
+        self.epoch_end_fn = epoch_end_fn
+        self.progress = progress
+        self.desc = desc
+        self.drop_last = drop_last
+        if drop_last and n < batch_size:
+            raise ShapeError(f"batch_size {batch_size} exceeds the {n} training samples")
+        self.steps_per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
+        self.history: list[dict[str, Any]] = []
+        self.elapsed_seconds = 0.0
+        self._epoch = 1  # next epoch to run (1-based)
+        self._step_in_epoch = 0
+        self._sums: dict[str, float] = {}
+        self.global_step = 0
+
+    # ----------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "torch_rng": torch.get_rng_state(),
+            "epoch": self._epoch,
+            "step_in_epoch": self._step_in_epoch,
+            "global_step": self.global_step,
+            "sums": dict(self._sums),
+            "history": list(self.history),
+            "elapsed_seconds": self.elapsed_seconds,
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self._epoch = int(state["epoch"])
+        self._step_in_epoch = int(state["step_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self._sums = dict(state["sums"])
+        self.history = list(state["history"])
+        self.elapsed_seconds = float(state["elapsed_seconds"])
+
+    def save(self) -> None:
+        if self.checkpoint_path is not None:
+            save_checkpoint(self.checkpoint_path, self.state_dict(), fingerprint=self.fingerprint)
+
+    # ----------------------------------------------------------------- training
+    def _batches(self, epoch: int) -> list[Tensor]:
+        perm = epoch_permutation(self.n, self.seed, epoch, torch.device("cpu"))
+        stop = self.steps_per_epoch * self.batch_size if self.drop_last else self.n
+        return [perm[i : i + self.batch_size] for i in range(0, stop, self.batch_size)]
+
+    def _standard_step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        assert self.loss_fn is not None
+        (opt,) = self.optimizers.values()
+        opt.zero_grad(set_to_none=True)
+        terms = dict(self.loss_fn(batch))
+        if "loss" not in terms:
+            raise KeyError("loss_fn must return a dict with a 'loss' entry")
+        self._check_finite(terms)
+        terms["loss"].backward()
+        opt.step()
+        return terms
+
+    def _check_finite(self, terms: Mapping[str, Tensor | float]) -> None:
+        for name, value in terms.items():
+            v = float(value.detach()) if isinstance(value, Tensor) else float(value)
+            if not math.isfinite(v):
+                raise NonFiniteError(
+                    f"loss term {name!r} is {v} at epoch {self._epoch}, step "
+                    f"{self._step_in_epoch + 1} (global step {self.global_step + 1}) of {self.desc or 'training'}; "
+                    "lower the learning rate or check the inputs and the weights of the objective"
+                )
+
+    def fit(self, resume: bool = False) -> list[dict[str, Any]]:
+        """Run the remaining epochs and return the history (one dict per epoch)."""
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self.load_state_dict(load_checkpoint(self.checkpoint_path, fingerprint=self.fingerprint))
+        t0 = time.perf_counter()
+        base_elapsed = self.elapsed_seconds
+        total = self.epochs * self.steps_per_epoch
+        done = (self._epoch - 1) * self.steps_per_epoch + self._step_in_epoch
+        bar = tqdm(total=total, initial=min(done, total), desc=self.desc, disable=not self.progress,
+                   leave=False, mininterval=2.0)
+        try:
+            while self._epoch <= self.epochs:
+                for m in self.modules.values():
+                    m.train()
+                batches = self._batches(self._epoch)
+                for idx in batches[self._step_in_epoch :]:
+                    batch = tuple(t[idx].to(self.device, non_blocking=True) for t in self.data)
+                    if self.step_fn is not None:
+                        terms = dict(self.step_fn(batch, self.global_step))
+                        self._check_finite(terms)
+                    else:
+                        terms = self._standard_step(batch)
+                    for name, value in terms.items():
+                        v = float(value.detach()) if isinstance(value, Tensor) else float(value)
+                        self._sums[name] = self._sums.get(name, 0.0) + v
+                    self._step_in_epoch += 1
+                    self.global_step += 1
+                    bar.update(1)
+                    if (
+                        self.checkpoint_every_steps
+                        and self._step_in_epoch % self.checkpoint_every_steps == 0
+                        and self._step_in_epoch < len(batches)
+                    ):
+                        self.elapsed_seconds = base_elapsed + time.perf_counter() - t0
+                        self.save()
+                row: dict[str, Any] = {"epoch": self._epoch}
+                row.update({f"train_{k}": s / len(batches) for k, s in self._sums.items()})
+                if self.epoch_end_fn is not None:
+                    for m in self.modules.values():
+                        m.eval()
+                    row.update(dict(self.epoch_end_fn(self._epoch)))
+                if self.scheduler is not None:
+                    if self.scheduler_metric is not None:
+                        self.scheduler.step(row[self.scheduler_metric])
+                    else:
+                        self.scheduler.step()
+                self.history.append(row)
+                self._epoch += 1
+                self._step_in_epoch = 0
+                self._sums = {}
+                self.elapsed_seconds = base_elapsed + time.perf_counter() - t0
+                self.save()
+        finally:
+            bar.close()
+        self.elapsed_seconds = base_elapsed + time.perf_counter() - t0
+        return self.history
