@@ -14,6 +14,8 @@ from ibcore.errors import UnknownNameError
 
 RUNNERS: dict[str, str] = {
     "foundations": "ibcore.runners.foundations",
+    "glasses": "ibcore.runners.glasses",
+    "infomax": "ibcore.runners.infomax",
 }
 
 
