@@ -73,6 +73,14 @@ def git_state(cwd: Path | None = None) -> tuple[str, bool]:
     return commit, bool(status.strip())
 
 
+def _invocation() -> str:
+    """The command line of this process, with ``python -m ibcore`` spelled as typed."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name == "__main__.py" and Path(argv[0]).parent.name == "ibcore":
+        argv[0:1] = ["python", "-m", "ibcore"]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -143,7 +151,7 @@ class RunRecorder:
             "python": platform.python_version(),
             "commit": commit,
             "dirty": dirty,
-            "command": self.command or " ".join(shlex.quote(a) for a in sys.argv),
+            "command": self.command or _invocation(),
             "seed": self.seed,
             "started": self._started,
             "ended": _now(),
