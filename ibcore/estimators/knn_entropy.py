@@ -224,8 +224,9 @@ def _candidate_sq_distances(
     step = max(1, _CHUNK_BYTES // (cand.shape[1] * x.shape[1] * x.element_size()))
     for s in range(0, cand.shape[0], step):
         e = min(s + step, cand.shape[0])
-        diff = x[rows[s:e]].unsqueeze(1) - x[cand[s:e]]
-        out[s:e] = (diff * diff).sum(dim=2)
+        diff = x[cand[s:e]]
+        diff.sub_(x[rows[s:e]].unsqueeze(1)).square_()
+        torch.sum(diff, dim=2, out=out[s:e])
     return out
 
 
