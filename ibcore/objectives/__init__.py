@@ -1,0 +1,9 @@
+"""Training objectives, one module per family, each assembling its terms with the signs and
+weights of its source document.
+
+* :mod:`ibcore.objectives.bibae`: the bounded information bottleneck autoencoder (BIB-AE) of
+  ``variational_glasses.md`` and its special cases (VAE, β-VAE, AAE, InfoVAE, GAN, VAE/GAN,
+  Shannon and generative-compression AEs) as choices of the four terms A, B, C, D.
+
+Submodules are imported on demand (``from ibcore.objectives.bibae import lagrangian``).
+"""
