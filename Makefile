@@ -29,7 +29,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 book: $(STAMP)
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
-	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	IBBOOK_STATIC=1 $(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo "book: open _build/html/index.html"
 
 test: $(STAMP)

@@ -437,3 +437,14 @@ def test_style_is_scoped_and_not_applied_on_import():
         importlib.reload(mod)
     changed = [k for k, v in matplotlib.rcParams.items() if snapshot[k] != v]
     assert changed == []
+
+
+def test_live_slider_is_a_note_in_headless_builds(monkeypatch) -> None:
+    import matplotlib.pyplot as plt
+
+    from ibcore.plotting import live_slider
+
+    monkeypatch.setenv("IBBOOK_STATIC", "1")
+    out = live_slider(lambda b: plt.figure(), continuous=(1.0, 10.0))
+    assert "run this notebook in Jupyter" in out.data
+    assert not plt.get_fignums()

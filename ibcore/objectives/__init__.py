@@ -4,6 +4,8 @@ weights of its source document.
 * :mod:`ibcore.objectives.bibae`: the bounded information bottleneck autoencoder (BIB-AE) of
   ``variational_glasses.md`` and its special cases (VAE, β-VAE, AAE, InfoVAE, GAN, VAE/GAN,
   Shannon and generative-compression AEs) as choices of the four terms A, B, C, D.
+* :mod:`ibcore.objectives.infomax`: Deep InfoMax's global and local MI objectives and its
+  prior-matching term, on top of the bounds in :mod:`ibcore.estimators.mi_bounds`.
 
 Submodules are imported on demand (``from ibcore.objectives.bibae import lagrangian``).
 """

@@ -22,6 +22,7 @@ import html
 import io
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -263,9 +264,14 @@ def live_slider(
     ``FloatSlider``, with ``steps`` steps). ``render`` may return a Figure (displayed, then
     closed) or draw with pyplot and return ``None``. Needs a running kernel to update; on the
     static site, tag the cell ``remove-output`` and show a :func:`beta_slider` instead.
+
+    When the environment variable ``IBBOOK_STATIC`` is ``1`` (set by ``make book`` and by the
+    notebook tests, which execute chapters headless), no widget is created and a short note is
+    returned instead: under nbclient a widget cell intermittently stalled until the cell timeout,
+    and a headless run has no one to move the slider anyway. The arguments are still validated.
     """
     import ipywidgets as widgets
-    from IPython.display import display
+    from IPython.display import HTML, display
 
     if (values is None) == (continuous is None):
         raise InvalidParameterError(
@@ -335,4 +341,7 @@ def live_slider(
             display(fig)
             plt.close(fig)
 
+    if os.environ.get("IBBOOK_STATIC") == "1":
+        slider.close()
+        return HTML("<p><em>(Live slider: run this notebook in Jupyter to use it.)</em></p>")
     return widgets.interactive(_show, value=slider)

@@ -16,6 +16,7 @@ RUNNERS: dict[str, str] = {
     "foundations": "ibcore.runners.foundations",
     "glasses": "ibcore.runners.glasses",
     "infomax": "ibcore.runners.infomax",
+    "ncvae": "ibcore.runners.ncvae",
 }
 
 

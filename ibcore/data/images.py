@@ -1,0 +1,277 @@
+"""Natural images for the image-compression chapter: folders of photos, Kodak, CLIC.
+
+Folders, relative to the data root (:func:`ibcore.data.data_root`: the ``root`` argument, else
+``$IBCORE_DATA``, else ``./data``):
+
+* ``images/photos/`` — the training photographs of the ``smoke`` and ``cpu`` profiles
+  (any ``.jpg``/``.jpeg``/``.png`` files).
+* ``images/kodak/`` — the Kodak test images (``kodim02.png``, ``kodim07.png`` here); never
+  trained on.
+* ``clic/train/`` — the ``paper`` profile's training set: put the images of the CLIC 2019/2020
+  professional and mobile *train* and *valid* splits (PNG) in this one folder (sub-folders are
+  searched too). The paper profile reads them lazily from disk (:class:`CropSource` with
+  ``in_memory=False``), because the full set does not fit in memory as tensors.
+
+Images are ``uint8`` tensors ``[3, H, W]`` (RGB). Random crops are drawn with an explicit
+:class:`torch.Generator`, so a crop sequence is a pure function of the generator's seed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from ibcore.data.vision import data_root
+from ibcore.errors import DataNotFoundError, InvalidParameterError, ShapeError
+from ibcore.validation import check_int
+
+__all__ = [
+    "CLIC_FOLDER",
+    "IMAGE_EXTENSIONS",
+    "KODAK_FOLDER",
+    "KODAK_TEST_IMAGES",
+    "PHOTOS_FOLDER",
+    "CropSource",
+    "image_folder",
+    "list_images",
+    "load_image",
+    "load_images",
+    "load_kodak",
+    "random_crops",
+    "save_png",
+]
+
+PHOTOS_FOLDER = "images/photos"
+KODAK_FOLDER = "images/kodak"
+CLIC_FOLDER = "clic/train"
+KODAK_TEST_IMAGES: tuple[str, ...] = ("kodim02.png", "kodim07.png")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+
+_FOLDERS = {"photos": PHOTOS_FOLDER, "kodak": KODAK_FOLDER, "clic": CLIC_FOLDER}
+
+
+def image_folder(name: str, root: str | os.PathLike | None = None) -> Path:
+    """The folder of the image set ``name`` (``"photos"``, ``"kodak"`` or ``"clic"``)."""
+    if name not in _FOLDERS:
+        raise InvalidParameterError(
+            f"unknown image set {name!r}; choose one of {', '.join(_FOLDERS)}"
+        )
+    return data_root(root) / _FOLDERS[name]
+
+
+def list_images(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
+    """Sorted image files (:data:`IMAGE_EXTENSIONS`, any case) in ``folder``.
+
+    A missing folder or one without images raises :class:`DataNotFoundError`.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataNotFoundError(
+            f"image folder {folder} does not exist; put the images there or point $IBCORE_DATA "
+            "(or the root argument) at the folder that holds images/photos and images/kodak"
+        )
+    pattern = "**/*" if recursive else "*"
+    files = sorted(p for p in folder.glob(pattern)
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise DataNotFoundError(
+            f"no {'/'.join(IMAGE_EXTENSIONS)} images in {folder}; copy the images there"
+        )
+    return files
+
+
+def _target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """``(width, height)`` after scaling the short side down to ``short_side`` (never up)."""
+    if short_side is None or min(width, height) <= short_side:
+        return width, height
+    scale = short_side / min(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def load_image(path: str | os.PathLike, *, short_side: int | None = None) -> Tensor:
+    """An RGB image as ``uint8 [3, H, W]``; downscaled (Lanczos) so ``min(H, W) ≤ short_side``.
+
+    Downscaling also averages away most of the blocking of JPEG-compressed training photos.
+    A missing or unreadable file raises :class:`DataNotFoundError`.
+    """
+    if short_side is not None:
+        check_int("short_side", short_side, low=1)
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            size = _target_size(*im.size, short_side)
+            if size != im.size and im.format == "JPEG":
+                im.draft("RGB", size)  # libjpeg decodes at a power-of-two scale still ≥ size
+            im = im.convert("RGB")
+            if im.size != size:
+                im = im.resize(size, Image.Resampling.LANCZOS)
+            arr = np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError as exc:
+        raise DataNotFoundError(f"image file {path} does not exist") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataNotFoundError(f"{path} is not a readable image ({exc}); replace the file") from exc
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def load_images(
+    folder: str | os.PathLike, *, short_side: int | None = None, recursive: bool = False
+) -> list[Tensor]:
+    """Every image of ``folder`` (:func:`list_images` order) as ``uint8 [3, H, W]`` tensors."""
+    return [load_image(p, short_side=short_side) for p in list_images(folder, recursive=recursive)]
+
+
+def load_kodak(
+    root: str | os.PathLike | None = None, names: Sequence[str] = KODAK_TEST_IMAGES
+) -> dict[str, Tensor]:
+    """The Kodak test images ``names`` from ``<data root>/images/kodak`` (name → image)."""
+    folder = image_folder("kodak", root)
+    if not folder.is_dir():
+        raise DataNotFoundError(
+            f"the Kodak folder {folder} does not exist; put {', '.join(names)} there"
+        )
+    return {name: load_image(folder / name) for name in names}
+
+
+def _check_crop_request(size: int, n: int, sizes: Sequence[tuple[int, int]]) -> None:
+    check_int("size", size, low=1)
+    check_int("n", n, low=1)
+    if not sizes:
+        raise ShapeError("no images to crop from")
+    small = [i for i, (h, w) in enumerate(sizes) if h < size or w < size]
+    if small:
+        h, w = sizes[small[0]]
+        raise ShapeError(
+            f"image {small[0]} is {h}x{w}, smaller than the {size}x{size} crop; use a smaller "
+            "crop size or a larger short_side"
+        )
+
+
+def _crop_plan(
+    sizes: Sequence[tuple[int, int]], size: int, n: int, generator: torch.Generator, flip: bool
+) -> list[tuple[int, int, int, bool]]:
+    """``(image index, top, left, flip)`` for ``n`` crops.
+
+    An image is chosen with probability proportional to its number of crop positions
+    ``(H − size + 1)(W − size + 1)``, so every position of every image is equally likely.
+    """
+    weights = torch.tensor([(h - size + 1) * (w - size + 1) for h, w in sizes], dtype=torch.float64)
+    idx = torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
+    u = torch.rand(n, 3, generator=generator, dtype=torch.float64)
+    plan = []
+    for k, i in enumerate(idx):
+        h, w = sizes[i]
+        top = min(int(u[k, 0] * (h - size + 1)), h - size)
+        left = min(int(u[k, 1] * (w - size + 1)), w - size)
+        plan.append((i, top, left, bool(flip and u[k, 2] < 0.5)))
+    return plan
+
+
+def random_crops(
+    images: Sequence[Tensor],
+    size: int,
+    n: int,
+    generator: torch.Generator,
+    *,
+    flip: bool = True,
+) -> Tensor:
+    """``n`` random ``size × size`` crops of ``images`` (each ``uint8 [3, H, W]``): ``[n, 3, s, s]``.
+
+    Positions are uniform over all crop positions of all images (see :func:`_crop_plan`);
+    with ``flip`` each crop is mirrored left-right with probability ½. Everything random comes
+    from ``generator``.
+    """
+    for i, im in enumerate(images):
+        if not isinstance(im, Tensor) or im.dim() != 3 or im.shape[0] != 3:
+            raise ShapeError(f"image {i} must be a [3, H, W] tensor, got {getattr(im, 'shape', im)}")
+    sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+    _check_crop_request(size, n, sizes)
+    out = torch.empty(n, 3, size, size, dtype=images[0].dtype)
+    for k, (i, top, left, mirror) in enumerate(_crop_plan(sizes, size, n, generator, flip)):
+        crop = images[i][:, top : top + size, left : left + size]
+        out[k] = crop.flip(-1) if mirror else crop
+    return out
+
+
+class CropSource:
+    """Random crops of a folder of images, held in memory or read from disk on demand.
+
+    ``in_memory=True`` (``smoke``/``cpu``) decodes every image once. ``in_memory=False`` (the
+    ``paper`` profile's CLIC folder) reads only the image sizes up front and decodes the images
+    a batch needs, with ``workers`` threads; both give identical crops for identical generators
+    (when ``short_side`` is ``None``; with resizing the sizes are those after resizing).
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        *,
+        in_memory: bool = True,
+        short_side: int | None = None,
+        recursive: bool = False,
+        workers: int = 4,
+    ) -> None:
+        self.paths = list_images(folder, recursive=recursive)
+        self.in_memory = bool(in_memory)
+        self.short_side = None if short_side is None else check_int("short_side", short_side)
+        self.workers = check_int("workers", workers, low=1)
+        self.images: list[Tensor] | None = None
+        if self.in_memory:
+            self.images = [load_image(p, short_side=short_side) for p in self.paths]
+            self.sizes = [(int(im.shape[1]), int(im.shape[2])) for im in self.images]
+        else:
+            self.sizes = [self._size_of(p) for p in self.paths]
+
+    def _size_of(self, path: Path) -> tuple[int, int]:
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataNotFoundError(f"{path} is not a readable image ({exc})") from exc
+        w, h = _target_size(w, h, self.short_side)
+        return h, w
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def patches_per_epoch(self, size: int) -> int:
+        """Σ over images of ``⌊H/size⌋·⌊W/size⌋``: the non-overlapping ``size²`` patches."""
+        check_int("size", size, low=1)
+        return sum((h // size) * (w // size) for h, w in self.sizes)
+
+    def sample(
+        self, size: int, n: int, generator: torch.Generator, *, flip: bool = True
+    ) -> Tensor:
+        """``n`` random crops ``uint8 [n, 3, size, size]`` (see :func:`random_crops`)."""
+        if self.images is not None:
+            return random_crops(self.images, size, n, generator, flip=flip)
+        _check_crop_request(size, n, self.sizes)
+        plan = _crop_plan(self.sizes, size, n, generator, flip)
+        needed = sorted({i for i, *_ in plan})
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            loaded = dict(zip(needed, pool.map(
+                lambda i: load_image(self.paths[i], short_side=self.short_side), needed),
+                strict=True))
+        out = torch.empty(n, 3, size, size, dtype=torch.uint8)
+        for k, (i, top, left, mirror) in enumerate(plan):
+            crop = loaded[i][:, top : top + size, left : left + size]
+            out[k] = crop.flip(-1) if mirror else crop
+        return out
+
+
+def save_png(image: Tensor, path: str | os.PathLike) -> Path:
+    """Write a ``uint8 [3, H, W]`` tensor as a PNG (deterministic bytes: no metadata)."""
+    if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
+        raise ShapeError(f"image must be a [3, H, W] tensor, got {getattr(image, 'shape', image)}")
+    if image.dtype != torch.uint8:
+        raise InvalidParameterError(f"image must be uint8, got {image.dtype}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).save(path, format="PNG", optimize=True)
+    return path

@@ -1,0 +1,211 @@
+r"""Deep InfoMax objectives: global and local MI terms and prior matching (``deep_infomax.md``).
+
+The MI estimators themselves are those of :mod:`ibcore.estimators.mi_bounds` (DV, JSD,
+InfoNCE); this module only decides *which* critic scores are positives and negatives and how
+the terms are weighted.
+
+**Global term.** With the ``[B, B]`` matrix ``S[i, j] = T(C(x_i), E(x_j))`` (diagonal: joint
+pairs, off-diagonal: pairs from the product of marginals),
+:math:`\hat I_G = \hat I(C(X); E(X))` is the chosen bound of ``S``.
+
+**Local term.** With ``[B, B, M²]`` scores ``S[i, j, l] = T(C^{(l)}(x_i), E(x_j))``, the
+source's local objective is the average over the ``M²`` locations of an MI estimate between the
+feature at location ``l`` and the global vector,
+
+.. math::
+    \hat I_L = \frac{1}{M^2} \sum_{l=1}^{M^2} \hat I\big(C^{(l)}(X);\, E(X)\big),
+
+and each of the ``M²`` estimates uses the ``B × B`` slice ``S[:, :, l]``: the positive pair of
+image ``i`` is ``(C^{(l)}(x_i), E(x_i))``, its negatives are ``(C^{(l)}(x_k), E(x_i))``,
+``k ≠ i`` (the same location in all other images of the batch). For InfoNCE the softmax runs
+over the candidate inputs ``x'`` for a fixed ``E(x)``, as in the source's "Objective 3".
+
+**Combined objective** (the source's "Combining all together")
+
+.. math::
+    \max_{\omega_1, \omega_2, \psi}\; \alpha \hat I_G + \beta \hat I_L
+    \;-\; \gamma\, \hat D_\phi(\mathbb V \,\|\, \mathbb U_{\psi,\mathbb P}).
+
+:func:`dim_mi_terms` lets the critics always maximise their own estimate (so the global and
+local estimates can be monitored for every model, also when ``α = 0`` or ``β = 0``) while the
+encoder receives the gradient of ``α Î_G + β Î_L`` only: the features enter each critic through
+:func:`scale_gradient`. With Adam the critics' step does not depend on a positive factor in
+front of their own term, so for ``α, β > 0`` this is the source's objective.
+
+**Prior matching** (source's Figure 7) trains ``D_φ(y) = σ(s(y))`` to tell prior samples
+``v ~ V = U[0, 1]^{64}`` from codes ``E(x)``:
+:func:`prior_discriminator_loss` is ``−E_V log D(v) − E_P log(1 − D(E(x)))`` (minimised by φ)
+and the encoder minimises the non-saturating :func:`prior_generator_loss`
+``−E_P log D(E(x))`` (the usual GAN substitute for ``E_P log(1 − D(E(x)))``, same fixed point).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ibcore.errors import ShapeError, UnknownNameError
+from ibcore.estimators.mi_bounds import dv_bound, infonce_bound, jsd_bound
+from ibcore.validation import check_finite, check_int, check_weight
+
+__all__ = [
+    "ESTIMATORS",
+    "dim_mi_terms",
+    "global_mi",
+    "local_mi",
+    "prior_discriminator_loss",
+    "prior_generator_loss",
+    "sample_uniform_prior",
+    "scale_gradient",
+]
+
+ESTIMATORS: tuple[str, ...] = ("dv", "jsd", "infonce")
+"""The source's three MI objectives: Donsker–Varadhan (MINE), Jensen–Shannon, InfoNCE."""
+
+
+def _check_estimator(estimator: str) -> str:
+    if estimator not in ESTIMATORS:
+        raise UnknownNameError(
+            f"unknown MI estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}"
+        )
+    return estimator
+
+
+def _bound_of_matrix(estimator: str) -> Callable[[Tensor], Tensor]:
+    """The bound of a ``[B, B]`` matrix whose rows index inputs and columns global vectors.
+
+    InfoNCE is applied to the transpose, so that the softmax runs over the inputs ``x'`` for a
+    fixed ``E(x)``; DV and JSD only use the diagonal/off-diagonal split (transpose-invariant).
+    """
+    if estimator == "dv":
+        return dv_bound
+    if estimator == "jsd":
+        return jsd_bound
+    return lambda s: infonce_bound(s.T)
+
+
+def global_mi(scores: Tensor, estimator: str) -> Tensor:
+    """``Î(C(X); E(X))`` from ``[B, B]`` scores ``S[i, j] = T(C(x_i), E(x_j))``."""
+    _check_estimator(estimator)
+    if not isinstance(scores, Tensor) or scores.dim() != 2:
+        raise ShapeError(
+            "global scores must be a [B, B] matrix S[i, j] = T(C(x_i), E(x_j)), got "
+            f"{tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__}"
+        )
+    return _bound_of_matrix(estimator)(scores)
+
+
+def local_mi(scores: Tensor, estimator: str) -> Tensor:
+    """``(1/M²) Σ_l Î(C^{(l)}(X); E(X))`` from ``[B, B, M²]`` scores (see module docstring)."""
+    _check_estimator(estimator)
+    if not isinstance(scores, Tensor) or scores.dim() != 3 or scores.shape[0] != scores.shape[1]:
+        raise ShapeError(
+            "local scores must have shape [B, B, M²] with S[i, j, l] = T(C^(l)(x_i), E(x_j)), got "
+            f"{tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__}"
+        )
+    bound = _bound_of_matrix(estimator)
+    return torch.stack([bound(scores[:, :, l]) for l in range(scores.shape[2])]).mean()
+
+
+def scale_gradient(x: Tensor, weight: float) -> Tensor:
+    """Identity in the forward pass; multiplies the gradient flowing back into ``x`` by ``weight``.
+
+    ``weight · x + (1 − weight) · x.detach()`` has the value of ``x`` and the derivative
+    ``weight``. ``weight = 0`` stops the gradient, ``weight = 1`` is the identity.
+    """
+    weight = check_weight("gradient weight", weight)
+    if weight == 1.0:
+        return x
+    if weight == 0.0:
+        return x.detach()
+    return x * weight + x.detach() * (1.0 - weight)
+
+
+def dim_mi_terms(
+    local: Tensor,
+    y: Tensor,
+    global_critic: Callable[[Tensor, Tensor], Tensor],
+    local_critic: Callable[[Tensor, Tensor], Tensor],
+    estimator: str,
+    *,
+    alpha: float,
+    beta: float,
+) -> dict[str, Tensor]:
+    r"""The MI part of the DIM objective for one batch.
+
+    ``local`` is the ``[B, C, M, M]`` feature map, ``y`` the ``[B, D]`` global vector; the
+    critics map ``(local, y)`` to ``[B, B]`` and ``[B, B, M²]`` scores. Returns
+
+    * ``"global_mi"``, ``"local_mi"``: the two estimates (nats for DV and InfoNCE; the JSD
+      objective lies in ``[−log 4, 0]`` and is not in nats);
+    * ``"objective"``: ``α Î_G + β Î_L`` (detached; the value the source maximises);
+    * ``"loss"``: ``−(Î_G + Î_L)`` with the features' gradients scaled by α and β (see the
+      module docstring): back-propagating it gives the critics ``−∇(Î_G + Î_L)`` and the
+      encoder ``−∇(α Î_G + β Î_L)``.
+    """
+    estimator = _check_estimator(estimator)
+    alpha = check_weight("alpha (global weight)", alpha)
+    beta = check_weight("beta (local weight)", beta)
+    if local.dim() != 4 or y.dim() != 2 or local.shape[0] != y.shape[0]:
+        raise ShapeError(
+            f"expected a [B, C, M, M] feature map and [B, D] codes for the same B, got "
+            f"{tuple(local.shape)} and {tuple(y.shape)}"
+        )
+    if local.shape[0] < 2:
+        raise ShapeError("DIM needs a batch of at least 2 images: negatives come from the batch")
+    g_scores = global_critic(scale_gradient(local, alpha), scale_gradient(y, alpha))
+    l_scores = local_critic(scale_gradient(local, beta), scale_gradient(y, beta))
+    ig = global_mi(g_scores, estimator)
+    il = local_mi(l_scores, estimator)
+    return {
+        "loss": -(ig + il),
+        "objective": (alpha * ig + beta * il).detach(),
+        "global_mi": ig.detach(),
+        "local_mi": il.detach(),
+    }
+
+
+def sample_uniform_prior(
+    n: int,
+    dim: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``n`` samples of the source's prior ``V = U[0, 1]^dim``.
+
+    With ``generator=None`` the samples come from torch's global RNG, whose state the
+    :class:`ibcore.training.Trainer` checkpoints (so a resumed run draws the same samples).
+    """
+    n, dim = check_int("n", n), check_int("dim", dim)
+    if generator is None:
+        return torch.rand(n, dim, device=device, dtype=dtype)
+    return torch.rand(n, dim, generator=generator, dtype=dtype).to(device)
+
+
+def _check_logits(name: str, x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor) or x.dim() != 1 or x.shape[0] < 1:
+        raise ShapeError(f"{name} must be a non-empty 1-D tensor of logits s(y), got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    return check_finite(name, x)
+
+
+def prior_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    r"""``−E_V[log D(v)] − E_P[log(1 − D(E(x)))]`` with ``D = σ(s)``, i.e.
+
+    ``mean(sp(−s(v))) + mean(sp(s(E(x))))`` (``sp`` = softplus). ``real_logits`` are
+    ``s(v)`` on prior samples, ``fake_logits`` ``s(E(x))`` on codes. Its minimum over the
+    discriminator is ``log 4 − 2 JSD(V ‖ U)`` nats.
+    """
+    real = _check_logits("real_logits", real_logits)
+    fake = _check_logits("fake_logits", fake_logits)
+    return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+
+def prior_generator_loss(fake_logits: Tensor) -> Tensor:
+    """Non-saturating encoder loss ``−E_P[log D(E(x))] = mean(sp(−s(E(x))))``."""
+    return F.softplus(-_check_logits("fake_logits", fake_logits)).mean()

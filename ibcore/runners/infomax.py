@@ -1,0 +1,1009 @@
+r"""Runner of the *Deep InfoMax* chapter (``deep_infomax.md``, slides on Hjelm et al.).
+
+Every model shares the DCGAN-style encoder of :mod:`ibcore.models.dcgan` (conv feature map,
+1024-unit fc, 64-d Y) and differs only in how it is trained:
+
+* ``DIM(G)`` (α = 1, β = 0) and ``DIM(L)`` (α = 0, β = 1), each with the DV, JSD and InfoNCE
+  estimators of :mod:`ibcore.objectives.infomax`; both critics are trained in every DIM model
+  (the one with weight 0 only as a monitor, its gradient does not reach the encoder), so global
+  and local MI estimates are recorded for all of them;
+* ``DIM(L)+prior``: DIM(L) plus prior matching to ``U[0, 1]^64`` with weight γ;
+* baselines with the same encoder: random initialisation (untrained), a supervised classifier
+  (linear head on Y, cross-entropy), an autoencoder (the mirrored decoder of
+  :class:`ibcore.models.dcgan.ConvDecoder`, squared error).
+
+Experiments (one result file each):
+
+``probes``
+    The source's Tables 1 and 4: linear and 200-unit-MLP probes on the frozen conv, fc and Y
+    features of every model, the MINE estimate of I(X;Y) per encoder, and per epoch the global
+    and local MI estimates on held-out images (the information-plane trajectories).
+``negatives``
+    The source's Figure 9: DIM(L) with JSD and with InfoNCE at several batch sizes (a batch of B
+    gives each positive pair B − 1 negatives); linear probes on Y and conv.
+``tradeoff``
+    The chapter's slider: the local/global weight λ (α = λ, β = 1 − λ; λ = 0 is DIM(L),
+    λ = 1 is DIM(G)); probes on Y and a 2-D PCA of Y on held-out images, stored beside the
+    result file with its SHA-256.
+
+A model used by several experiments (e.g. DIM(L)-InfoNCE at the main batch size) is trained
+once, in the checkpoint folder of the first experiment that uses it; its evaluations are cached
+in ``<name>.eval.json`` next to its checkpoint, so ``--resume`` skips finished models and
+continues an interrupted one exactly (:class:`ibcore.training.Trainer`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ibcore.atomic import atomic_write_bytes, atomic_write_json
+from ibcore.checkpoint import fingerprint_of
+from ibcore.data import load_tensors, pad_to_size, subset
+from ibcore.data.vision import DATASETS
+from ibcore.device import resolve_device, seed_everything
+from ibcore.errors import (
+    CheckpointError,
+    InvalidParameterError,
+    ResultFileError,
+    UnknownNameError,
+)
+from ibcore.models.dcgan import (
+    IMAGE_SIZE,
+    Classifier,
+    ConvDecoder,
+    DCGANEncoder,
+    GlobalCritic,
+    LocalCritic,
+    PriorDiscriminator,
+)
+from ibcore.objectives.infomax import (
+    ESTIMATORS,
+    dim_mi_terms,
+    global_mi,
+    local_mi,
+    prior_discriminator_loss,
+    prior_generator_loss,
+    sample_uniform_prior,
+)
+from ibcore.probes import (
+    MineConfig,
+    ProbeConfig,
+    extract_features,
+    mine_estimate,
+    standardize,
+    train_probe,
+)
+from ibcore.profiles import as_dict, select
+from ibcore.results import RunRecorder, default_results_root
+from ibcore.training import Trainer
+from ibcore.validation import check_int, check_weight
+
+CHAPTER = "infomax"
+EXPERIMENTS = ("probes", "negatives", "tradeoff")
+LEVELS = ("conv", "fc", "y")
+KINDS = ("dim", "random", "supervised", "autoencoder")
+
+__all__ = [
+    "CHAPTER",
+    "EXPERIMENTS",
+    "KINDS",
+    "LEVELS",
+    "PROFILES",
+    "InfomaxConfig",
+    "MITrace",
+    "ModelSpec",
+    "build_dim_modules",
+    "dim_step",
+    "experiment_specs",
+    "held_out_mi",
+    "image_transform",
+    "load_data",
+    "load_pca_artifact",
+    "pca_2d",
+    "run",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InfomaxConfig:
+    """Settings of the three experiments (one profile = one instance)."""
+
+    dataset: str = "fashion_mnist"
+    train_subset: int | None = 20000
+    test_subset: int | None = 5000
+    probe_train_subset: int | None = None
+    # encoder and critics
+    width: int = 32
+    fc_dim: int = 1024
+    y_dim: int = 64
+    critic_hidden: int = 128
+    critic_embed: int = 64
+    prior_hidden: tuple[int, ...] = (1000, 200)
+    # training
+    batch_size: int = 64
+    epochs: int = 2
+    lr: float = 1e-3
+    checkpoint_every_steps: int = 50
+    mi_eval_size: int = 256
+    trace_every_steps: int = 50
+    # models
+    estimators: tuple[str, ...] = ESTIMATORS
+    prior_estimator: str = "infonce"
+    prior_gamma: float = 0.1
+    # evaluation
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    mine: MineConfig = field(default_factory=MineConfig)
+    # negatives (source Fig. 9)
+    negatives_estimators: tuple[str, ...] = ("jsd", "infonce")
+    negatives_batch_sizes: tuple[int, ...] = (16, 64)
+    # local/global trade-off slider
+    tradeoff_estimator: str = "infonce"
+    tradeoff_lambdas: tuple[float, ...] = (0.0, 0.5, 0.9, 1.0)
+    pca_points: int = 500
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise UnknownNameError(
+                f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
+            )
+        for name in ("width", "fc_dim", "y_dim", "critic_hidden", "critic_embed", "epochs",
+                     "checkpoint_every_steps", "pca_points"):
+            check_int(name, getattr(self, name))
+        for name in ("train_subset", "test_subset", "probe_train_subset"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), low=2)
+        check_int("batch_size", self.batch_size, low=2)
+        check_int("mi_eval_size", self.mi_eval_size, low=2)
+        check_int("trace_every_steps", self.trace_every_steps, low=0)
+        check_weight("lr", self.lr, low=0.0, low_inclusive=False)
+        check_weight("prior_gamma", self.prior_gamma)
+        for est in (*self.estimators, *self.negatives_estimators, self.prior_estimator,
+                    self.tradeoff_estimator):
+            if est not in ESTIMATORS:
+                raise UnknownNameError(
+                    f"unknown MI estimator {est!r}; choose one of {', '.join(ESTIMATORS)}"
+                )
+        for b in self.negatives_batch_sizes:
+            check_int("negatives batch size", b, low=2)
+        for lam in self.tradeoff_lambdas:
+            check_weight("tradeoff λ", lam, low=0.0, high=1.0)
+        for h in self.prior_hidden:
+            check_int("prior_hidden", h)
+
+    def training_view(self) -> dict[str, Any]:
+        """The settings a trained encoder depends on (its checkpoint fingerprint)."""
+        keys = ("dataset", "train_subset", "test_subset", "width", "fc_dim", "y_dim",
+                "critic_hidden", "critic_embed", "prior_hidden", "epochs", "lr", "mi_eval_size",
+                "trace_every_steps")
+        return {k: getattr(self, k) for k in keys}
+
+
+_CPU = InfomaxConfig()
+
+PROFILES: dict[str, InfomaxConfig] = {
+    "smoke": dataclasses.replace(
+        _CPU,
+        train_subset=128,
+        test_subset=128,
+        width=8,
+        fc_dim=64,
+        critic_hidden=32,
+        critic_embed=16,
+        prior_hidden=(32,),
+        batch_size=32,
+        epochs=1,
+        mi_eval_size=32,
+        trace_every_steps=2,
+        probe=ProbeConfig(epochs=3, mlp_epochs=3, batch_size=128),
+        mine=MineConfig(hidden=32, embed=16, steps=20, batch_size=32, eval_batches=2),
+        negatives_batch_sizes=(16, 32),
+        tradeoff_lambdas=(0.0, 0.5, 1.0),
+        pca_points=100,
+    ),
+    "cpu": _CPU,
+    "paper": dataclasses.replace(
+        _CPU,
+        dataset="cifar10",
+        train_subset=None,
+        test_subset=None,
+        width=64,
+        critic_hidden=512,
+        critic_embed=512,
+        epochs=200,
+        lr=1e-4,
+        checkpoint_every_steps=200,
+        mi_eval_size=512,
+        trace_every_steps=2000,
+        probe=ProbeConfig(epochs=1000, mlp_epochs=1000, batch_size=512, lr=1e-3, mlp_lr=1e-3),
+        mine=MineConfig(hidden=1024, embed=256, steps=5000, batch_size=256, eval_batches=20),
+        negatives_batch_sizes=(4, 8, 16, 32, 64, 128),
+        tradeoff_lambdas=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# models to train
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One encoder to train: its kind, DIM estimator and weights (α, β, γ) and batch size."""
+
+    kind: str
+    estimator: str | None = None
+    alpha: float = 0.0
+    beta: float = 0.0
+    gamma: float = 0.0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UnknownNameError(f"unknown model kind {self.kind!r}; choose one of {KINDS}")
+        if self.kind == "dim" and self.estimator not in ESTIMATORS:
+            raise UnknownNameError(
+                f"a DIM model needs an estimator in {ESTIMATORS}, got {self.estimator!r}"
+            )
+        for name in ("alpha", "beta", "gamma"):
+            check_weight(name, getattr(self, name))
+        check_int("batch_size", self.batch_size, low=2)
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe identity (the same spec in two experiments shares one training)."""
+        if self.kind != "dim":
+            return f"{self.kind}-bs{self.batch_size}" if self.kind != "random" else "random"
+
+        def num(v: float) -> str:
+            return f"{v:g}".replace(".", "p")
+
+        return (f"dim-{self.estimator}-a{num(self.alpha)}-b{num(self.beta)}-g{num(self.gamma)}"
+                f"-bs{self.batch_size}")
+
+    @property
+    def label(self) -> str:
+        """How the chapter names the model (the source's row names where they exist)."""
+        names = {"random": "Random init", "supervised": "Fully supervised",
+                 "autoencoder": "AE"}
+        if self.kind != "dim":
+            return names[self.kind]
+        est = {"dv": "DV", "jsd": "JSD", "infonce": "infoNCE"}[str(self.estimator)]
+        if self.alpha > 0 and self.beta == 0:
+            base = "DIM(G)"
+        elif self.alpha == 0 and self.beta > 0:
+            base = "DIM(L)"
+        else:
+            base = f"DIM(α={self.alpha:g}, β={self.beta:g})"
+        prior = f"+prior(γ={self.gamma:g})" if self.gamma > 0 else ""
+        return f"{base}{prior} ({est})"
+
+
+def _main_specs(cfg: InfomaxConfig) -> dict[str, ModelSpec]:
+    b = cfg.batch_size
+    specs: dict[str, ModelSpec] = {}
+    for est in cfg.estimators:
+        specs[f"dim_g_{est}"] = ModelSpec("dim", est, alpha=1.0, beta=0.0, batch_size=b)
+    for est in cfg.estimators:
+        specs[f"dim_l_{est}"] = ModelSpec("dim", est, alpha=0.0, beta=1.0, batch_size=b)
+    specs["dim_l_prior"] = ModelSpec("dim", cfg.prior_estimator, alpha=0.0, beta=1.0,
+                                     gamma=cfg.prior_gamma, batch_size=b)
+    specs["random"] = ModelSpec("random", batch_size=b)
+    specs["supervised"] = ModelSpec("supervised", batch_size=b)
+    specs["autoencoder"] = ModelSpec("autoencoder", batch_size=b)
+    return specs
+
+
+def experiment_specs(cfg: InfomaxConfig, experiment: str) -> dict[str, ModelSpec]:
+    """``{name: spec}`` of the models an experiment evaluates."""
+    if experiment == "probes":
+        return _main_specs(cfg)
+    if experiment == "negatives":
+        return {f"dim_l_{est}_b{b}": ModelSpec("dim", est, alpha=0.0, beta=1.0, batch_size=b)
+                for est in cfg.negatives_estimators for b in cfg.negatives_batch_sizes}
+    if experiment == "tradeoff":
+        return {f"lambda_{lam:g}": ModelSpec("dim", cfg.tradeoff_estimator, alpha=float(lam),
+                                             beta=float(1.0 - lam), batch_size=cfg.batch_size)
+                for lam in cfg.tradeoff_lambdas}
+    raise UnknownNameError(f"unknown experiment {experiment!r}; choose from {EXPERIMENTS}")
+
+
+# what each experiment needs from each of its models
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "probes": tuple(f"probe/{k}/{lv}" for lv in LEVELS for k in ("linear", "mlp")) + ("mine",),
+    "negatives": ("probe/linear/y", "probe/linear/conv"),
+    "tradeoff": ("probe/linear/y", "probe/mlp/y", "pca"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+
+def image_transform(images: Tensor) -> Tensor:
+    """Stored ``uint8`` images → floats in ``[−1, 1]`` (the encoder's input range)."""
+    return images.float() / 127.5 - 1.0
+
+
+@dataclass(frozen=True)
+class _Data:
+    train_x: Tensor  # uint8 [N, C, 32, 32]
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    channels: int
+    classes: int
+    probe_n: int  # the probes and MINE use the first probe_n training images
+
+    @property
+    def probe_x(self) -> Tensor:
+        return self.train_x[: self.probe_n]
+
+    @property
+    def probe_y(self) -> Tensor:
+        return self.train_y[: self.probe_n]
+
+
+def load_data(
+    cfg: InfomaxConfig,
+    seed: int,
+    root: str | Path | None = None,
+    *,
+    verify_checksums: bool = True,
+) -> _Data:
+    """The configured dataset as ``uint8 [N, C, 32, 32]`` tensors (zero-padded when smaller).
+
+    The training and test subsets are drawn with a generator seeded by ``seed``, so every model
+    of a run sees the same images. ``verify_checksums=False`` is for tests that read a CIFAR-10
+    stand-in (see :func:`ibcore.data.load_tensors`).
+    """
+    info = DATASETS[cfg.dataset]
+    kwargs: dict[str, Any] = {"verify_checksums": verify_checksums}
+    if root is not None:
+        kwargs["root"] = root
+    tx, ty = load_tensors(cfg.dataset, "train", **kwargs)
+    vx, vy = load_tensors(cfg.dataset, "test", **kwargs)
+    gen = torch.Generator().manual_seed(seed * 7919 + 17)
+    tx, ty = subset(tx, ty, cfg.train_subset, gen)
+    vx, vy = subset(vx, vy, cfg.test_subset, gen)
+    if tx.shape[-1] != IMAGE_SIZE:
+        tx, vx = pad_to_size(tx, IMAGE_SIZE), pad_to_size(vx, IMAGE_SIZE)
+    n_probe = tx.shape[0] if cfg.probe_train_subset is None else min(cfg.probe_train_subset,
+                                                                       tx.shape[0])
+    return _Data(tx.contiguous(), ty, vx.contiguous(), vy, info.channels, info.classes, n_probe)
+
+
+# ---------------------------------------------------------------------------------------------
+# training steps
+# ---------------------------------------------------------------------------------------------
+
+
+def build_dim_modules(
+    cfg: InfomaxConfig, channels: int, spec: ModelSpec, generator: torch.Generator
+) -> dict[str, nn.Module]:
+    """Encoder, global and local critics, and (when γ > 0) the prior discriminator."""
+    enc = DCGANEncoder(channels, width=cfg.width, fc_dim=cfg.fc_dim, y_dim=cfg.y_dim,
+                       generator=generator)
+    modules: dict[str, nn.Module] = {
+        "encoder": enc,
+        "global_critic": GlobalCritic(enc.local_channels, cfg.y_dim, hidden=cfg.critic_hidden,
+                                      embed=cfg.critic_embed, generator=generator),
+        "local_critic": LocalCritic(enc.local_channels, cfg.y_dim, hidden=cfg.critic_hidden,
+                                    embed=cfg.critic_embed, generator=generator),
+    }
+    if spec.gamma > 0:
+        modules["prior"] = PriorDiscriminator(cfg.y_dim, hidden=cfg.prior_hidden,
+                                              generator=generator)
+    return modules
+
+
+def dim_step(
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    images: Tensor,
+    spec: ModelSpec,
+) -> dict[str, Tensor]:
+    """One DIM update on a batch of encoder inputs (floats).
+
+    With γ > 0 the prior discriminator first takes a step on ``−E_V log D − E_P log(1 − D)``
+    (codes detached), then the encoder and the MI critics take one step on
+    ``−(Î_G + Î_L)`` (encoder gradient ``−(α∇Î_G + β∇Î_L)``) ``+ γ · (−E_P log D(E(x)))``.
+    Prior samples come from torch's global RNG (checkpointed by the trainer).
+    """
+    out = modules["encoder"](images)
+    terms: dict[str, Tensor] = {}
+    gen_loss: Tensor | None = None
+    if spec.gamma > 0:
+        prior = modules["prior"]
+        v = sample_uniform_prior(images.shape[0], out.y.shape[1], device=images.device)
+        d_loss = prior_discriminator_loss(prior(v), prior(out.y.detach()))
+        optimizers["prior"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        optimizers["prior"].step()
+        gen_loss = prior_generator_loss(prior(out.y))
+        terms["prior_disc_loss"] = d_loss.detach()
+        terms["prior_gen_loss"] = gen_loss.detach()
+    mi = dim_mi_terms(out.local, out.y, modules["global_critic"], modules["local_critic"],
+                      str(spec.estimator), alpha=spec.alpha, beta=spec.beta)
+    loss = mi["loss"] if gen_loss is None else mi["loss"] + spec.gamma * gen_loss
+    optimizers["main"].zero_grad(set_to_none=True)
+    loss.backward()
+    optimizers["main"].step()
+    terms.update({"loss": loss.detach(), "objective": mi["objective"],
+                  "global_mi": mi["global_mi"], "local_mi": mi["local_mi"]})
+    return terms
+
+
+@torch.no_grad()
+def held_out_mi(
+    modules: dict[str, nn.Module], images: Tensor, estimators: Sequence[str] = ESTIMATORS
+) -> dict[str, float]:
+    """Bounds of the global and local critics' scores on held-out images.
+
+    Global: the chosen bounds of the ``[n, n]`` scores; local: the same bounds averaged over the
+    ``M²`` locations (as in training). InfoNCE and DV are in nats (InfoNCE ≤ log n).
+    """
+    out = modules["encoder"](images)
+    gs = modules["global_critic"](out.local, out.y).double()
+    ls = modules["local_critic"](out.local, out.y).double()
+    row: dict[str, float] = {}
+    for est in estimators:
+        row[f"test_global_{est}"] = float(global_mi(gs, est))
+        row[f"test_local_{est}"] = float(local_mi(ls, est))
+    return row
+
+
+_TRACE_ESTIMATORS = ("infonce",)
+_TRACE_KEYS = tuple(f"test_{part}_{est}" for est in _TRACE_ESTIMATORS
+                    for part in ("global", "local"))
+
+
+class MITrace(nn.Module):
+    """Held-out InfoNCE estimates (global, local) logged every few steps, kept in buffers.
+
+    Registered with the trainer's modules, the buffers are saved in every checkpoint and restored
+    on resume, so a trajectory logged more often than once per epoch survives an interruption.
+    Row ``k`` holds the global step and the values of :data:`_TRACE_KEYS`.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.register_buffer("rows", torch.zeros(check_int("capacity", capacity),
+                                                 1 + len(_TRACE_KEYS), dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        k = int(self.count)
+        if k >= self.rows.shape[0]:
+            raise InvalidParameterError("MITrace is full; raise its capacity")
+        self.rows[k, 0] = float(step)
+        self.rows[k, 1:] = torch.tensor([values[key] for key in _TRACE_KEYS], dtype=torch.float64)
+        self.count += 1
+
+    def to_rows(self, steps_per_epoch: int) -> list[dict[str, float]]:
+        out = []
+        for row in self.rows[: int(self.count)].tolist():
+            out.append({"step": int(row[0]), "epoch": row[0] / steps_per_epoch,
+                        **dict(zip(_TRACE_KEYS, row[1:], strict=True))})
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the runs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Context:
+    profile: str
+    config: InfomaxConfig
+    device: torch.device
+    seed: int
+    resume: bool
+    results_root: Path | None
+    progress: bool
+    data: _Data | None = None
+    features: dict[str, dict[str, dict[str, Tensor]]] = field(default_factory=dict)
+    models: dict[str, _Model] = field(default_factory=dict)
+
+    def checkpoint_dir(self, experiment: str) -> Path:
+        root = Path(self.results_root) if self.results_root is not None else default_results_root()
+        return root.parent / "runs" / CHAPTER / experiment / f"{self.profile}-seed{self.seed}"
+
+    def recorder(self, experiment: str) -> RunRecorder:
+        return RunRecorder(chapter=CHAPTER, experiment=experiment, profile=self.profile,
+                           seed=self.seed, device=self.device, config=as_dict(self.config),
+                           root=self.results_root)
+
+    def get_data(self) -> _Data:
+        if self.data is None:
+            self.data = load_data(self.config, self.seed)
+        return self.data
+
+    def train_fingerprint(self, spec: ModelSpec) -> str:
+        return fingerprint_of({"chapter": CHAPTER, "seed": self.seed, "spec": as_dict(spec),
+                               "train": self.config.training_view()})
+
+    def model_seed(self, spec: ModelSpec) -> int:
+        return int(fingerprint_of({"seed": self.seed, "model": spec.key})[:8], 16)
+
+    def model(self, spec: ModelSpec) -> _Model:
+        """The one :class:`_Model` of ``spec`` in this run (shared by the experiments)."""
+        if spec.key not in self.models:
+            self.models[spec.key] = _Model(self, spec)
+        return self.models[spec.key]
+
+
+def _owner(cfg: InfomaxConfig, spec: ModelSpec) -> str:
+    for exp in EXPERIMENTS:
+        if spec in experiment_specs(cfg, exp).values():
+            return exp
+    raise UnknownNameError(f"no experiment uses the model {spec.key}")
+
+
+def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """Adam with the fused kernel (one pass over all parameters: fewer small ops on a CPU)."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+class _Model:
+    """A trained (or loaded) encoder with its cached evaluations."""
+
+    def __init__(self, ctx: _Context, spec: ModelSpec) -> None:
+        self.ctx, self.spec = ctx, spec
+        folder = ctx.checkpoint_dir(_owner(ctx.config, spec))
+        self.ckpt = folder / f"{spec.key}.pt"
+        self.eval_path = folder / f"{spec.key}.eval.json"
+        self.fingerprint = ctx.train_fingerprint(spec)
+        self.eval_fingerprint = fingerprint_of({
+            "train": self.fingerprint, "probe": as_dict(ctx.config.probe),
+            "mine": as_dict(ctx.config.mine), "pca_points": ctx.config.pca_points,
+            "probe_train_subset": ctx.config.probe_train_subset})
+        self.modules: dict[str, nn.Module] | None = None
+        self.evals: dict[str, Any] = {}
+        if ctx.resume and self.eval_path.exists():
+            saved = json.loads(self.eval_path.read_text(encoding="utf-8"))
+            if saved.get("fingerprint") != self.eval_fingerprint:
+                raise CheckpointError(
+                    f"{self.eval_path} belongs to a different configuration; delete it or run "
+                    "without --resume"
+                )
+            self.evals = saved["evals"]
+        # seconds spent on this model by earlier (interrupted) processes, credited once to the
+        # result file of the experiment that uses it first in this process
+        self.earlier_seconds = float(self.evals.get("train_seconds", 0.0)) + sum(
+            float(v.get("seconds", 0.0)) for v in self.evals.values() if isinstance(v, dict))
+
+    def take_earlier_seconds(self) -> float:
+        """Return the not-yet-credited earlier seconds and mark them as credited."""
+        value, self.earlier_seconds = self.earlier_seconds, 0.0
+        return value
+
+    def _save_evals(self) -> None:
+        atomic_write_json(self.eval_path, {"fingerprint": self.eval_fingerprint,
+                                           "model": self.spec.key, "evals": self.evals})
+
+    # ------------------------------------------------------------------ training
+    def ensure_trained(self) -> None:
+        """Train (or restore from a finished checkpoint) the encoder and record its history."""
+        if self.modules is not None:
+            return
+        ctx, cfg, spec = self.ctx, self.ctx.config, self.spec
+        data = ctx.get_data()
+        gen = torch.Generator().manual_seed(ctx.model_seed(spec))
+        dev = ctx.device
+        eval_images = image_transform(data.test_x[: cfg.mi_eval_size]).to(dev)
+        if spec.kind == "random":
+            enc = DCGANEncoder(data.channels, width=cfg.width, fc_dim=cfg.fc_dim,
+                               y_dim=cfg.y_dim, generator=gen).to(dev)
+            self.modules = {"encoder": enc}
+            self.evals.setdefault("history", [])
+            self.evals.setdefault("train_seconds", 0.0)
+            return
+        if spec.kind == "dim":
+            modules = build_dim_modules(cfg, data.channels, spec, gen)
+        elif spec.kind == "supervised":
+            enc = DCGANEncoder(data.channels, width=cfg.width, fc_dim=cfg.fc_dim,
+                               y_dim=cfg.y_dim, generator=gen)
+            modules = {"classifier": Classifier(enc, data.classes, generator=gen)}
+        else:
+            modules = {
+                "encoder": DCGANEncoder(data.channels, width=cfg.width, fc_dim=cfg.fc_dim,
+                                        y_dim=cfg.y_dim, generator=gen),
+                "decoder": ConvDecoder(data.channels, width=cfg.width, fc_dim=cfg.fc_dim,
+                                       y_dim=cfg.y_dim, generator=gen),
+            }
+        steps_per_epoch = data.train_x.shape[0] // spec.batch_size
+        trace: MITrace | None = None
+        if spec.kind == "dim" and cfg.trace_every_steps > 0:
+            trace = MITrace(cfg.epochs * steps_per_epoch // cfg.trace_every_steps + 1)
+            modules["trace"] = trace
+        for m in modules.values():
+            m.to(dev)
+        # The prior samples of dim_step come from torch's global RNG, which the trainer
+        # checkpoints; seeding it here makes each model a function of (seed, spec) alone,
+        # whatever was trained before it in this process.
+        seed_everything(ctx.model_seed(spec))
+        history_start: list[dict[str, Any]] = []
+        if spec.kind == "dim":
+            modules["encoder"].eval()
+            history_start = [{"epoch": 0, **held_out_mi(modules, eval_images)}]
+        optimizers: dict[str, torch.optim.Optimizer] = {}
+        if spec.kind == "dim":
+            main_params = [p for k, m in modules.items() if k not in ("prior", "trace")
+                           for p in m.parameters()]
+            optimizers["main"] = _adam(main_params, cfg.lr)
+            if "prior" in modules:
+                optimizers["prior"] = _adam(list(modules["prior"].parameters()), cfg.lr)
+        else:
+            optimizers["main"] = _adam([p for m in modules.values() for p in m.parameters()],
+                                       cfg.lr)
+
+        def step_fn(batch: tuple[Tensor, ...], step: int) -> dict[str, Tensor]:
+            x = image_transform(batch[0])
+            if spec.kind == "dim":
+                terms = dim_step(modules, optimizers, x, spec)
+                if trace is not None and (step + 1) % cfg.trace_every_steps == 0:
+                    for m in modules.values():
+                        m.eval()
+                    trace.add(step + 1, held_out_mi(modules, eval_images, _TRACE_ESTIMATORS))
+                    for m in modules.values():
+                        m.train()
+                return terms
+            if spec.kind == "supervised":
+                logits = modules["classifier"](x)
+                loss = F.cross_entropy(logits, batch[1])
+                terms = {"loss": loss,
+                         "accuracy": (logits.argmax(1) == batch[1]).float().mean().detach()}
+            else:
+                recon = modules["decoder"](modules["encoder"](x).y)
+                loss = F.mse_loss(recon, x)
+                terms = {"loss": loss}
+            optimizers["main"].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers["main"].step()
+            return {k: v.detach() for k, v in terms.items()}
+
+        def epoch_end(epoch: int) -> dict[str, float]:
+            if spec.kind == "dim":
+                return held_out_mi(modules, eval_images)
+            return {}
+
+        trainer = Trainer(
+            modules,
+            optimizers,
+            (data.train_x, data.train_y),
+            batch_size=spec.batch_size,
+            epochs=cfg.epochs,
+            seed=ctx.model_seed(spec) % 1_000_000,
+            device=dev,
+            step_fn=step_fn,
+            checkpoint_path=self.ckpt,
+            checkpoint_every_steps=cfg.checkpoint_every_steps,
+            fingerprint=self.fingerprint,
+            epoch_end_fn=epoch_end,
+            progress=ctx.progress,
+            desc=f"{CHAPTER} {spec.label} (batch {spec.batch_size})",
+        )
+        t_fit = time.perf_counter()
+        history = trainer.fit(resume=ctx.resume)
+        if "train_seconds" not in self.evals:  # resumed from a mid-training checkpoint
+            self.earlier_seconds += max(0.0, trainer.elapsed_seconds
+                                        - (time.perf_counter() - t_fit))
+        for m in modules.values():
+            m.eval()
+        if spec.kind == "supervised":
+            clf = modules["classifier"]
+            modules = {"encoder": clf.encoder, "classifier": clf}
+        modules.pop("trace", None)
+        self.modules = modules
+        self.evals["history"] = history_start + [dict(r) for r in history]
+        if trace is not None:
+            start = {"step": 0, "epoch": 0.0, **{k: history_start[0][k] for k in _TRACE_KEYS}}
+            self.evals["trace"] = [start, *trace.to_rows(steps_per_epoch)]
+        self.evals["train_seconds"] = trainer.elapsed_seconds
+        self._save_evals()
+
+    # ------------------------------------------------------------------ evaluation
+    def _features(self) -> dict[str, dict[str, Tensor]]:
+        ctx = self.ctx
+        if self.spec.key not in ctx.features:
+            self.ensure_trained()
+            assert self.modules is not None
+            data = ctx.get_data()
+            enc = self.modules["encoder"]
+            enc.eval()
+            kw = {"device": ctx.device, "transform": image_transform}
+            ctx.features = {}  # keep one model's features in memory at a time
+            ctx.features[self.spec.key] = {
+                "train": extract_features(enc, data.probe_x, **kw),
+                "test": extract_features(enc, data.test_x, **kw),
+            }
+        return ctx.features[self.spec.key]
+
+    def evaluate(self, needs: Sequence[str]) -> dict[str, Any]:
+        """Compute (or read from the cache) the evaluations in ``needs``; return all of them."""
+        ctx, cfg = self.ctx, self.ctx.config
+        missing = [n for n in needs if n not in self.evals]
+        if "history" not in self.evals:
+            self.ensure_trained()
+        for name in missing:
+            t0 = time.perf_counter()
+            gen = torch.Generator().manual_seed(ctx.model_seed(self.spec) + len(name) * 31
+                                                + sum(map(ord, name)))
+            data = ctx.get_data()
+            feats = self._features()
+            if name.startswith("probe/"):
+                _, kind, level = name.split("/")
+                tr, te = standardize(feats["train"][level], feats["test"][level])
+                res = train_probe(kind, tr, data.probe_y, te, data.test_y,
+                                  classes=data.classes, config=cfg.probe, generator=gen,
+                                  device=ctx.device)
+                self.evals[name] = {"train_accuracy": res.train_accuracy,
+                                    "test_accuracy": res.test_accuracy,
+                                    "final_train_loss": res.train_loss[-1]}
+            elif name == "mine":
+                res_m = mine_estimate(image_transform(data.probe_x), feats["train"]["y"],
+                                      image_transform(data.test_x), feats["test"]["y"],
+                                      config=cfg.mine, generator=gen, device=ctx.device)
+                self.evals[name] = {"test_I_xy_nats": res_m.estimate,
+                                    "test_I_xy_std_nats": res_m.std,
+                                    "train_bound_trace": res_m.train_bound}
+            elif name == "pca":
+                coords = pca_2d(feats["test"]["y"][: cfg.pca_points])
+                self.evals[name] = {"coords": coords.tolist(),
+                                    "labels": data.test_y[: cfg.pca_points].tolist()}
+            else:
+                raise UnknownNameError(f"unknown evaluation {name!r}")
+            self.evals[name]["seconds"] = time.perf_counter() - t0
+            self._save_evals()
+        if self.spec.kind == "supervised" and "supervised_test_accuracy" not in self.evals:
+            self.ensure_trained()
+            assert self.modules is not None
+            clf = self.modules["classifier"]
+            data = ctx.get_data()
+            logits = torch.cat([clf(image_transform(data.test_x[i : i + 500].to(ctx.device)))
+                                for i in range(0, data.test_x.shape[0], 500)])
+            with torch.no_grad():
+                acc = float((logits.argmax(1).cpu() == data.test_y).float().mean())
+            self.evals["supervised_test_accuracy"] = acc
+            self._save_evals()
+        if self.spec.kind == "autoencoder" and "test_mse" not in self.evals:
+            self.ensure_trained()
+            assert self.modules is not None
+            data = ctx.get_data()
+            with torch.no_grad():
+                err = 0.0
+                for i in range(0, data.test_x.shape[0], 500):
+                    x = image_transform(data.test_x[i : i + 500].to(ctx.device))
+                    rec = self.modules["decoder"](self.modules["encoder"](x).y)
+                    err += float(((rec - x) ** 2).sum())
+            self.evals["test_mse"] = err / data.test_x.numel()
+            self._save_evals()
+        return self.evals
+
+
+def pca_2d(y: Tensor) -> np.ndarray:
+    """Coordinates of the rows of ``y`` on its first two principal axes (float32 ``[n, 2]``).
+
+    Each axis's sign is fixed so that its largest-magnitude loading is positive.
+    """
+    y = y.double()
+    centered = y - y.mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
+    axes = vh[:2]
+    idx = axes.abs().argmax(1)
+    signs = torch.sign(axes[torch.arange(2), idx])
+    signs[signs == 0] = 1.0
+    return (centered @ (axes * signs[:, None]).T).float().numpy()
+
+
+def _model_row(name: str, spec: ModelSpec, evals: dict[str, Any], needs: Sequence[str]
+               ) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": name, "label": spec.label, "key": spec.key,
+                           "kind": spec.kind, "estimator": spec.estimator,
+                           "alpha": spec.alpha, "beta": spec.beta, "gamma": spec.gamma,
+                           "batch_size": spec.batch_size,
+                           "negatives_per_positive": spec.batch_size - 1,
+                           "train_seconds": evals.get("train_seconds", 0.0)}
+    for need in needs:
+        if need.startswith("probe/"):
+            _, kind, level = need.split("/")
+            row[f"test_accuracy_{kind}_{level}"] = evals[need]["test_accuracy"]
+            row[f"train_accuracy_{kind}_{level}"] = evals[need]["train_accuracy"]
+        elif need == "mine":
+            row["test_mine_I_xy_nats"] = evals["mine"]["test_I_xy_nats"]
+            row["test_mine_I_xy_std_nats"] = evals["mine"]["test_I_xy_std_nats"]
+    if "supervised_test_accuracy" in evals:
+        row["test_accuracy_supervised"] = evals["supervised_test_accuracy"]
+    if "test_mse" in evals:
+        row["test_reconstruction_mse"] = evals["test_mse"]
+    hist = evals.get("history", [])
+    if hist and "test_local_infonce" in hist[-1]:
+        for est in ESTIMATORS:
+            row[f"test_global_{est}"] = hist[-1][f"test_global_{est}"]
+            row[f"test_local_{est}"] = hist[-1][f"test_local_{est}"]
+    return row
+
+
+def _evaluate_all(ctx: _Context, experiment: str, rec: RunRecorder
+                  ) -> dict[str, tuple[ModelSpec, dict[str, Any]]]:
+    out = {}
+    earlier = 0.0
+    for name, spec in experiment_specs(ctx.config, experiment).items():
+        model = ctx.model(spec)
+        evals = model.evaluate(_NEEDS[experiment])
+        earlier += model.take_earlier_seconds()
+        out[name] = (spec, evals)
+    if earlier > 1.0:
+        rec.add_elapsed(earlier)
+    return out
+
+
+def _bars(rows: dict[str, dict[str, Any]], estimators: Sequence[str]) -> dict[str, Any]:
+    """The issue's bars, computed from the recorded linear-probe accuracies on Y (points = %)."""
+    key = "test_accuracy_linear_y"
+    dim_l = {e: rows[f"dim_l_{e}"][key] for e in estimators if f"dim_l_{e}" in rows}
+    dim_g = {e: rows[f"dim_g_{e}"][key] for e in estimators if f"dim_g_{e}" in rows}
+    if not dim_l or not dim_g or "random" not in rows:
+        return {}
+    best = max(dim_l, key=lambda e: dim_l[e])
+    best_g = max(dim_g, key=lambda e: dim_g[e])
+    margin_random = 100 * (dim_l[best] - rows["random"][key])
+    margin_g = 100 * (dim_l[best] - dim_g[best_g])
+    margin_same = 100 * (dim_l[best] - dim_g[best]) if best in dim_g else None
+    source_order = [e for e in ("infonce", "jsd", "dv") if e in dim_l]
+    order = sorted(dim_l, key=lambda e: -dim_l[e])
+    return {
+        "best_dim_l_estimator": best,
+        "best_dim_l_test_accuracy_linear_y": dim_l[best],
+        "best_dim_g_estimator": best_g,
+        "margin_over_random_points": margin_random,
+        "margin_over_best_dim_g_points": margin_g,
+        "margin_over_same_estimator_dim_g_points": margin_same,
+        "bar_over_random_met": margin_random >= 5.0,
+        "bar_over_dim_g_met": margin_g >= 5.0,
+        "bar_over_same_estimator_dim_g_met": margin_same is not None and margin_same >= 5.0,
+        "dim_l_estimator_order_linear_y": order,
+        "source_order_table1": source_order,
+        "order_matches_source": order == source_order,
+    }
+
+
+def _run_probes(ctx: _Context) -> Path:
+    with ctx.recorder("probes") as rec:
+        models = _evaluate_all(ctx, "probes", rec)
+        rows = {name: _model_row(name, spec, ev, _NEEDS["probes"])
+                for name, (spec, ev) in models.items()}
+        for name, (spec, ev) in models.items():
+            for h in ev.get("history", []):
+                rec.history.append({"model": name, "label": spec.label, **h})
+        traces = {name: ev["trace"] for name, (_, ev) in models.items() if "trace" in ev}
+        data = ctx.get_data()
+        rec.metrics.update({
+            "dataset": ctx.config.dataset,
+            "n_train": int(data.train_x.shape[0]),
+            "n_probe_train": int(data.probe_n),
+            "n_test": int(data.test_x.shape[0]),
+            "mi_eval_size": ctx.config.mi_eval_size,
+            "log_mi_eval_size_nats": math.log(ctx.config.mi_eval_size),
+            "models": rows,
+            "traces": traces,
+            "bars": _bars(rows, ctx.config.estimators),
+        })
+    assert rec.path is not None
+    return rec.path
+
+
+def _run_negatives(ctx: _Context) -> Path:
+    with ctx.recorder("negatives") as rec:
+        models = _evaluate_all(ctx, "negatives", rec)
+        runs = [_model_row(name, spec, ev, _NEEDS["negatives"])
+                for name, (spec, ev) in models.items()]
+        for name, (spec, ev) in models.items():
+            for h in ev.get("history", []):
+                rec.history.append({"model": name, "label": spec.label,
+                                    "batch_size": spec.batch_size, **h})
+        rec.metrics.update({"dataset": ctx.config.dataset, "runs": runs})
+    assert rec.path is not None
+    return rec.path
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}".replace(".", "p")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _run_tradeoff(ctx: _Context) -> Path:
+    with ctx.recorder("tradeoff") as rec:
+        models = _evaluate_all(ctx, "tradeoff", rec)
+        assert rec.path is not None
+        settings = []
+        for (name, (spec, ev)), lam in zip(models.items(), ctx.config.tradeoff_lambdas,
+                                           strict=True):
+            row = _model_row(name, spec, ev, _NEEDS["tradeoff"])
+            coords = np.asarray(ev["pca"]["coords"], dtype=np.float32)
+            labels = np.asarray(ev["pca"]["labels"], dtype=np.int16)
+            buf = io.BytesIO()
+            np.savez(buf, coords=coords, labels=labels)
+            payload = buf.getvalue()
+            fname = f"{rec.path.stem}.pca-lambda{_fmt(lam)}.npz"
+            atomic_write_bytes(rec.path.parent / fname, payload)
+            rec.artifacts[f"pca_lambda_{lam:g}"] = {"path": fname, "sha256": _sha256(payload),
+                                                    "what": "2-D PCA of test Y"}
+            settings.append({"lambda": float(lam), "pca_artifact": f"pca_lambda_{lam:g}", **row})
+            for h in ev.get("history", []):
+                rec.history.append({"model": name, "lambda": float(lam), **h})
+        rec.metrics.update({"dataset": ctx.config.dataset, "settings": settings})
+    return rec.path
+
+
+_EXPERIMENT_FNS: dict[str, Callable[[_Context], Path]] = {
+    "probes": _run_probes,
+    "negatives": _run_negatives,
+    "tradeoff": _run_tradeoff,
+}
+
+
+def run(
+    profile: str = "smoke",
+    *,
+    device: str = "auto",
+    seed: int = 0,
+    resume: bool = False,
+    results_root: Path | None = None,
+    progress: bool = True,
+    experiments: Sequence[str] = EXPERIMENTS,
+) -> dict[str, Path]:
+    """Run the chapter's experiments at ``profile``; return ``{experiment: result file}``.
+
+    ``experiments`` selects a subset (default: all of :data:`EXPERIMENTS`).
+    """
+    config = select(PROFILES, profile)
+    for name in experiments:
+        if name not in _EXPERIMENT_FNS:
+            raise UnknownNameError(
+                f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}"
+            )
+    seed = check_int("seed", seed, low=0)
+    dev = resolve_device(device)
+    seed_everything(seed)
+    ctx = _Context(profile, config, dev, seed, resume,
+                   Path(results_root) if results_root is not None else None, progress)
+    return {name: _EXPERIMENT_FNS[name](ctx) for name in experiments}
+
+
+def load_pca_artifact(result_path: Path, artifact: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read a PCA artefact named in a result file, checking its SHA-256 first."""
+    path = Path(result_path).parent / artifact["path"]
+    payload = path.read_bytes()
+    if _sha256(payload) != artifact["sha256"]:
+        raise ResultFileError(
+            f"{path} does not match the checksum recorded in {result_path}; re-run the "
+            "tradeoff experiment"
+        )
+    with np.load(io.BytesIO(payload)) as npz:
+        return npz["coords"], npz["labels"]

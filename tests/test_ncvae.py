@@ -1,0 +1,403 @@
+"""Tests of the NC-VAE chapter: GDN, the model's objective, image data, the runner, model store."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import norm
+
+from ibcore.data.images import CropSource, image_folder, list_images, load_image, random_crops
+from ibcore.errors import (
+    CheckpointError,
+    DataNotFoundError,
+    InvalidParameterError,
+    NonFiniteError,
+    ShapeError,
+    UnknownNameError,
+)
+from ibcore.models.gdn import GDN, IGDN
+from ibcore.models.ncvae import NCVAE, NCVAEArch, load_model_file, save_model_file, state_digest
+from ibcore.runners import ncvae as runner
+
+DATA = "/work/shared/data"
+
+
+# --------------------------------------------------------------------------- GDN
+def test_gdn_at_init_is_the_closed_form_and_invertible():
+    gdn, igdn = GDN(5), IGDN(5)
+    x = torch.linspace(-4, 4, 5 * 3 * 7).reshape(1, 5, 3, 7)
+    u = gdn(x)
+    # at init β = 1, γ = 0.1·I: each channel is normalised by itself only
+    assert torch.allclose(u, x / torch.sqrt(1 + 0.1 * x**2), atol=1e-6)
+    # the exact inverse of that map recovers x
+    assert torch.allclose(u / torch.sqrt(1 - 0.1 * u**2), x, atol=1e-4)
+    # IGDN is the first-order inverse: IGDN(GDN(x)) = x·sqrt(1 + 2a)/(1 + a), a = 0.1 x²
+    a = 0.1 * x**2
+    assert torch.allclose(igdn(u), x * torch.sqrt(1 + 2 * a) / (1 + a), atol=1e-5)
+    small = 0.05 * x
+    assert torch.allclose(igdn(gdn(small)), small, atol=1e-5)
+
+
+def test_gdn_parameters_stay_valid_and_mix_channels():
+    gdn = GDN(3)
+    with torch.no_grad():
+        gdn.gamma_param.fill_(-0.5)  # a raw value below the bound
+        gdn.beta_param.fill_(-1.0)
+    assert (gdn.gamma >= 0).all() and (gdn.beta >= gdn.beta_min * 0.999).all()
+    gdn = GDN(2)
+    with torch.no_grad():
+        gdn.gamma_param.copy_(torch.sqrt(torch.tensor([[0.0, 1.0], [0.0, 0.0]]) + 2.0**-36))
+    x = torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
+    y = gdn(x).detach().flatten()
+    assert y[0] == pytest.approx(3 / math.sqrt(1 + 16), rel=1e-5)  # channel 0 divided by x_1²
+    assert y[1] == pytest.approx(4.0, rel=1e-5)
+    with pytest.raises(ShapeError):
+        gdn(torch.zeros(1, 3, 2, 2))
+
+
+# --------------------------------------------------------------------------- model objective
+def _tiny(latent: int = 6) -> NCVAE:
+    torch.manual_seed(0)
+    return NCVAE(NCVAEArch(channels=8, latent=latent, hyper=4))
+
+
+def test_rounded_rate_and_distortion_match_independent_computation():
+    model = _tiny().eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 40, 72, generator=gen)
+    with torch.no_grad():
+        out = model(x, quantize="round")
+        xp = torch.nn.functional.pad(x, (0, 24, 0, 24), mode="replicate")
+        y, h = model.analyse(xp)
+        mean, scale = model.prior(torch.round(h))
+    yn, mn, sn = (t.double().numpy() for t in (torch.round(y), mean, scale))
+    p = norm.cdf((yn + 0.5 - mn) / sn) - norm.cdf((yn - 0.5 - mn) / sn)
+    assert float(out["bits_main"]) == pytest.approx(float(-np.log2(np.maximum(p, 1e-9)).sum()),
+                                                    rel=1e-4)
+    assert float(out["pixels"]) == 2 * 40 * 72
+    assert out["x_hat"].shape == x.shape
+
+
+def test_loss_is_distortion_plus_rate_weight_times_bpp():
+    model = _tiny()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = model.loss(x, 0.0, generator=torch.Generator().manual_seed(5))
+        b = model.loss(x, 250.0, generator=torch.Generator().manual_seed(5))
+    assert float(a["loss"]) == pytest.approx(float(a["distortion"]), rel=1e-6)
+    assert float(b["loss"] - a["loss"]) == pytest.approx(250.0 * float(b["bpp"]), rel=1e-4)
+    assert float(b["bpp"]) == pytest.approx(float(b["bpp_main"] + b["bpp_side"]), rel=1e-6)
+    assert float(b["bpp"]) > 0
+    # D is the 8-bit-scale MSE of the reconstruction drawn with the same noise
+    with torch.no_grad():
+        out = model(x, generator=torch.Generator().manual_seed(5))
+    mse = float(torch.mean((out["x_hat"] - x) ** 2))
+    assert float(b["distortion"]) == pytest.approx(255**2 * mse, rel=1e-5)
+    # input noise changes the encoder's input, not the target: D grows with very strong noise
+    with torch.no_grad():
+        noisy = model.loss(x, 0.0, noise_std=5.0, generator=torch.Generator().manual_seed(5))
+    assert float(noisy["distortion"]) != pytest.approx(float(a["distortion"]))
+
+
+def test_model_bad_inputs():
+    model = _tiny()
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(InvalidParameterError):
+        model.loss(x, -1.0)
+    with pytest.raises(InvalidParameterError):
+        model.loss(x, 1.0, noise_std=-0.1)
+    with pytest.raises(ShapeError):
+        model(torch.rand(1, 1, 32, 32))
+    with pytest.raises(InvalidParameterError):
+        model((x * 255).to(torch.uint8))
+    with pytest.raises(NonFiniteError):
+        model(torch.full((1, 3, 32, 32), float("nan")))
+    with pytest.raises(InvalidParameterError):
+        model(x, quantize="floor")
+    with pytest.raises(InvalidParameterError):
+        NCVAEArch(scale_min=0.0)
+
+
+def test_decoder_size_counts_only_decoder_parts():
+    model = _tiny()
+    expected = sum(p.numel() for m in (model.g_s, model.rdo, model.side_density)
+                   for p in m.parameters())
+    assert model.decoder_parameters() == expected < model.encoder_parameters()
+
+
+# --------------------------------------------------------------------------- image data
+def _coordinate_image(h: int, w: int, tag: int) -> torch.Tensor:
+    rows = torch.arange(h).view(h, 1).expand(h, w)
+    cols = torch.arange(w).view(1, w).expand(h, w)
+    return torch.stack([rows % 256, cols % 256, torch.full((h, w), tag)]).to(torch.uint8)
+
+
+def test_random_crops_are_windows_of_the_images_and_reproducible():
+    images = [_coordinate_image(40, 60, 0), _coordinate_image(30, 200, 1)]
+    crops = random_crops(images, 16, 64, torch.Generator().manual_seed(0))
+    again = random_crops(images, 16, 64, torch.Generator().manual_seed(0))
+    assert crops.shape == (64, 3, 16, 16) and torch.equal(crops, again)
+    flips = 0
+    for c in crops:
+        tag = int(c[2, 0, 0])
+        img = images[tag]
+        top, left = int(c[0, 0, 0]), int(min(c[1, 0, 0], c[1, 0, -1]))
+        window = img[:, top : top + 16, left : left + 16]
+        flipped = not torch.equal(c, window)
+        flips += flipped
+        assert torch.equal(c, window.flip(-1) if flipped else window)
+    assert 0 < flips < 64
+    # the wide image holds 15x185 of the 40x45 + 15x185 positions: chosen proportionally
+    share = float((crops[:, 2, 0, 0] == 1).float().mean())
+    assert 0.4 < share < 0.95
+    with pytest.raises(ShapeError):
+        random_crops(images, 41, 1, torch.Generator())
+
+
+def test_missing_or_empty_folders_raise_data_not_found(tmp_path):
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        list_images(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataNotFoundError, match="no"):
+        list_images(tmp_path / "empty")
+    (tmp_path / "empty" / "junk.png").write_bytes(b"not a png")
+    with pytest.raises(DataNotFoundError, match="not a readable image"):
+        load_image(tmp_path / "empty" / "junk.png")
+    with pytest.raises(InvalidParameterError):
+        image_folder("imagenet", tmp_path)
+
+
+def _write_standin(folder, sizes):
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(sizes):
+        sub = folder / ("mobile" if i % 2 else "professional")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(sub / f"im{i}.png")
+
+
+def test_clic_folder_of_the_paper_profile_on_a_standin(tmp_path):
+    folder = image_folder("clic", tmp_path)
+    assert folder == tmp_path / "clic" / "train"
+    _write_standin(folder, [(520, 530), (600, 512), (512, 1100)])
+    lazy = CropSource(folder, in_memory=False, recursive=True, workers=2)
+    eager = CropSource(folder, in_memory=True, recursive=True)
+    a = lazy.sample(512, 3, torch.Generator().manual_seed(4))
+    b = eager.sample(512, 3, torch.Generator().manual_seed(4))
+    assert a.shape == (3, 3, 512, 512) and torch.equal(a, b)
+    assert lazy.patches_per_epoch(512) == 1 + 1 + 2
+    cfg = runner.PROFILES["paper"]
+    ctx = runner._Context("paper", cfg, torch.device("cpu"), 0, False, tmp_path / "results", False,
+                          tmp_path)
+    assert runner._steps_per_epoch(ctx) == math.ceil(4 / cfg.batch_size)
+    assert ctx.source.sample(cfg.crop, 1, torch.Generator().manual_seed(0)).shape[-1] == 512
+
+
+def test_lazy_and_eager_sources_agree_on_downscaled_jpegs(tmp_path):
+    rng = np.random.default_rng(1)
+    for i, (h, w) in enumerate([(900, 1301), (1000, 700)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+    lazy = CropSource(tmp_path, in_memory=False, short_side=257)
+    eager = CropSource(tmp_path, in_memory=True, short_side=257)
+    assert lazy.sizes == eager.sizes == [(257, 372), (367, 257)]
+    a = lazy.sample(257, 4, torch.Generator().manual_seed(2))
+    assert torch.equal(a, eager.sample(257, 4, torch.Generator().manual_seed(2)))
+
+
+def test_paper_profile_model_takes_one_step_on_a_tiny_batch():
+    cfg = runner.PROFILES["paper"]
+    assert (cfg.crop, cfg.batch_size, cfg.epochs, cfg.lr, cfg.lr_decay, cfg.lr_decay_every) == (
+        512, 75, 64, 1e-4, 0.9, 2)
+    torch.manual_seed(0)
+    model = NCVAE(cfg.arch)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in model.parameters()]
+    terms = model.loss(x, cfg.rate_weights[0], noise_std=cfg.sweep_noise_std,
+                       generator=torch.Generator().manual_seed(1))
+    terms["loss"].backward()
+    opt.step()
+    assert math.isfinite(float(terms["loss"].detach()))
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
+# --------------------------------------------------------------------------- measurements
+def test_psnr_at_interpolates_in_log_rate_without_extrapolating():
+    bpps, psnrs = [0.1, 0.4], [30.0, 34.0]
+    got = runner.psnr_at(bpps, psnrs, [0.05, 0.1, 0.2, 0.4, 0.5])
+    assert got[0] is None and got[-1] is None
+    assert got[1] == pytest.approx(30.0) and got[3] == pytest.approx(34.0)
+    assert got[2] == pytest.approx(32.0)  # 0.2 is halfway between 0.1 and 0.4 in log rate
+
+
+def test_gradient_energy_ratio_hand_computed():
+    gen = torch.Generator().manual_seed(0)
+    img = (torch.randint(0, 100, (3, 20, 30), generator=gen) * 2).to(torch.uint8)
+    assert runner.gradient_energy_ratio(img // 2, img) == pytest.approx(0.25)
+    assert runner.gradient_energy_ratio(torch.zeros_like(img), img) == 0.0
+
+
+def _fake_metrics(gap: float) -> dict:
+    def point(bpp_scale, offset):
+        return {"images": {im: {"bpp": 0.08 * bpp_scale, "psnr_db": 30.0 + offset,
+                                "rate_rel_gap": 0.004, "encode_s": 0.3, "decode_s": 0.4}
+                           for im in ("a", "b")}}
+    ours = {"m1": point(1, gap), "m2": point(4, 4 + gap)}
+    jpeg = [point(1, 0), point(4, 4)]
+    for p in jpeg:
+        for v in p["images"].values():
+            v.pop("rate_rel_gap")
+    return {"test_images": ["a", "b"], "models": ours, "baselines": {"jpeg": jpeg},
+            "bd": {"jpeg2000": {"bd_rate_percent": -12.5}}}
+
+
+@pytest.mark.parametrize("gap,ok", [(3.0, True), (1.5, False)])
+def test_check_bars_hand_computed(gap, ok):
+    bars = runner.check_bars(_fake_metrics(gap))
+    assert bars["jpeg_gain"]["value"] == pytest.approx(gap)
+    assert bars["jpeg_gain"]["range_covered"] and bars["jpeg_gain"]["pass"] is ok
+    assert bars["bd_rate_vs_jpeg2000"]["value"] == -12.5
+    assert bars["rate_agreement"]["value"] == pytest.approx(0.004) and bars["rate_agreement"]["pass"]
+    assert bars["codec_seconds"]["value"] == pytest.approx(0.7) and bars["codec_seconds"]["pass"]
+
+
+def test_config_validation():
+    with pytest.raises(InvalidParameterError):
+        dataclasses.replace(runner.PROFILES["cpu"], rate_weights=(100.0,))
+    with pytest.raises(InvalidParameterError):
+        dataclasses.replace(runner.PROFILES["cpu"], sweep_noise_std=-0.1)
+    with pytest.raises(UnknownNameError):
+        dataclasses.replace(runner.PROFILES["cpu"], baseline_codecs=("bpg",))
+    with pytest.raises(UnknownNameError):
+        runner.run("huge")
+    names = runner.shipped_names(runner.PROFILES["cpu"])
+    assert list(names) == [f"q{i}" for i in range(1, len(names) + 1)]
+    lams = [lam for lam, _ in names.values()]
+    assert lams == sorted(lams, reverse=True) and len(lams) >= 5
+
+
+# --------------------------------------------------------------------------- smoke run
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    try:
+        list_images(image_folder("photos", DATA))
+    except DataNotFoundError:
+        pytest.skip("training photos not available")
+    root = tmp_path_factory.mktemp("ncvae") / "results"
+    written = runner.run("smoke", results_root=root, progress=False, data_root=DATA)
+    return root, {k: json.loads(v.read_text()) for k, v in written.items()}, written
+
+
+def test_smoke_run_writes_results_with_expected_metrics(smoke):
+    root, results, written = smoke
+    assert set(results) == set(runner.EXPERIMENTS)
+    sweep = results["rd_sweep"]
+    m = sweep["metrics"]
+    cfg = runner.PROFILES["smoke"]
+    assert len(m["models"]) == len(cfg.rate_weights)
+    for entry in m["models"].values():
+        for im in cfg.test_images:
+            v = entry["images"][im]
+            assert v["roundtrip_exact"] is True
+            assert v["bpp"] == pytest.approx(8 * v["bytes"] / (768 * 512))
+            assert {"psnr_db", "estimated_bpp", "rate_rel_gap", "encode_s", "decode_s"} <= set(v)
+    assert set(m["bars"]) >= {"jpeg_gain", "rate_agreement", "codec_seconds"}
+    assert set(m["table_psnr_db"]) >= {"ncvae", "jpeg"}
+    assert len(m["table_psnr_db"]["jpeg"]) == len(runner.SOURCE_BPPS)
+    assert {"decoder_params", "decode_ms", "decoder_bytes_float32"} <= set(m["complexity"])
+    assert {"test_bpp_estimated", "test_psnr_db", "model", "epoch"} <= set(sweep["history"][-1])
+    for name, art in sweep["artifacts"].items():  # crops beside the result, with checksums
+        path = written["rd_sweep"].parent / art["file"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == art["sha256"], name
+    assert sum((written["rd_sweep"].parent / a["file"]).stat().st_size
+               for a in sweep["artifacts"].values()) < 1_000_000
+    abl = results["noise_ablation"]["metrics"]
+    assert {v["noise_std"] for v in abl["models"].values()} == set(cfg.ablation_noise_stds)
+    assert all("test_gradient_energy_ratio" in v for v in abl["models"].values())
+
+
+def test_finished_models_are_reused_and_exported(smoke, tmp_path):
+    root, results, _ = smoke
+    recorded = {v["rate_weight"]: v["model_id"] for v in results["rd_sweep"]["metrics"]["models"].values()}
+    # load-or-train finds the finished model of the run (no retraining): same weights
+    model = runner.load_model("q1", profile="smoke", results_root=root, models_dir=tmp_path)
+    lam = runner.shipped_names(runner.PROFILES["smoke"])["q1"][0]
+    assert state_digest(model)[:8] == recorded[lam]
+    manifest = runner.export_models("smoke", results_root=root, dest=tmp_path / "ship")
+    entries = json.loads(manifest.read_text())["models"]
+    assert set(entries) == set(runner.shipped_names(runner.PROFILES["smoke"]))
+    shipped = runner.load_model("q1", models_dir=tmp_path / "ship")
+    assert state_digest(shipped) == state_digest(model)
+    # the manifest's checksum protects the shipped file
+    path = tmp_path / "ship" / entries["q1"]["file"]
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError):
+        runner.load_model("q1", models_dir=tmp_path / "ship")
+    with pytest.raises(UnknownNameError):
+        runner.load_model("q99", models_dir=tmp_path / "ship")
+    with pytest.raises(DataNotFoundError):  # neither shipped nor trained, and no --train
+        runner.load_model("q2", profile="cpu", results_root=tmp_path / "none", models_dir=tmp_path)
+
+
+def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch):
+    try:
+        list_images(image_folder("photos", DATA))
+    except DataNotFoundError:
+        pytest.skip("training photos not available")
+    cfg = dataclasses.replace(runner.PROFILES["smoke"], steps_per_epoch=2, epochs=2,
+                              warm_start=False, trunk_epochs=0)
+
+    def train(root, resume):
+        ctx = runner._Context("smoke", cfg, torch.device("cpu"), 0, resume, root, False,
+                              __import__("pathlib").Path(DATA))
+        return runner._model(ctx, 300.0, 0.01)
+
+    whole = train(tmp_path / "a" / "results", False)
+    calls = {"n": 0}
+    original = NCVAE.loss
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # inside the second epoch, after the first epoch's checkpoint
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(NCVAE, "loss", failing)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "b" / "results", False)
+    counted = {"n": 0}
+
+    def counting(self, *args, **kwargs):
+        counted["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(NCVAE, "loss", counting)
+    resumed = train(tmp_path / "b" / "results", True)
+    assert counted["n"] == 2  # only the second epoch was run again
+    assert state_digest(resumed.model) == state_digest(whole.model)
+    assert resumed.history == whole.history
+    again = train(tmp_path / "b" / "results", True)  # finished: loaded, not retrained
+    assert counted["n"] == 2 and state_digest(again.model) == state_digest(whole.model)
+
+
+def test_tiny_fresh_model_file_round_trip(tmp_path):
+    model = _tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for step in range(3):
+        opt.zero_grad()
+        model.loss(x, 100.0, generator=torch.Generator().manual_seed(step))["loss"].backward()
+        opt.step()
+    sha = save_model_file(model, tmp_path / "m.pt", {"note": "tiny"})
+    loaded, meta = load_model_file(tmp_path / "m.pt", sha256=sha)
+    assert meta == {"note": "tiny"} and state_digest(loaded) == state_digest(model)
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_model_file(tmp_path / "m.pt", sha256="0" * 64)
