@@ -198,7 +198,8 @@ class _InfoPlane:
         ax.set_ylabel(ylabel)
         if title:
             ax.set_title(title, loc="left")
-        self.epoch_title = ax.set_title("", loc="right")
+        # the epoch counter sits inside the axes (lower right), clear of a long title
+        self.epoch_title = ax.text(0.98, 0.03, "", transform=ax.transAxes, ha="right", va="bottom")
 
         handles: list[Any] = []
         if reference is not None:
