@@ -268,9 +268,8 @@ def provenance_note(record: ResultRecord) -> str:
     except ValueError:
         shown = record.path
     return (
-        f"*Source: recorded run, profile* `{p['profile']}`*, device* {p['device']}*, seed*"
-        f" {p['seed']}*, {float(p['seconds']):.0f} s, commit* `{commit}`{dirty}*, {when};"
-        f" file* `{shown}`."
+        f"Source: recorded run, profile `{p['profile']}`, device {p['device']}, seed {p['seed']}, "
+        f"{float(p['seconds']):.0f} s, commit `{commit}`{dirty}, {when}; file `{shown}`."
     )
 
 

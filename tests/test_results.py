@@ -110,7 +110,7 @@ def test_corrupted_and_foreign_result_files(tmp_path: Path) -> None:
 def test_notes_mention_profile_and_command(tmp_path: Path) -> None:
     rec = load_result(_record(tmp_path, "cpu", 0, 0.5))
     note = provenance_note(rec)
-    assert "`cpu`" in note and "seed* 0" in note and "cpu (" in note
+    assert "`cpu`" in note and "seed 0," in note and "cpu (" in note
     assert "python -m ibcore run ch --profile cpu" in missing_note("ch", "exp")
 
 
