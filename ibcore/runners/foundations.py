@@ -45,14 +45,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ibcore.checkpoint import fingerprint_of
-from ibcore.device import resolve_device, seed_everything
 from ibcore.errors import InvalidParameterError, ShapeError, UnknownNameError
 from ibcore.estimators.gaussian_ib import (
     critical_betas,
@@ -67,8 +65,8 @@ from ibcore.estimators.mi_bounds import (
     jsd_bound,
     nwj_bound,
 )
-from ibcore.profiles import as_dict, select
-from ibcore.results import RunRecorder, default_results_root
+from ibcore.results import RunRecorder
+from ibcore.runners.context import RunContext, prepare_run
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
 
@@ -592,28 +590,9 @@ def _critic_objective(bound: str, scores: Tensor, mine: MineEMA | None) -> Tenso
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Context:
-    profile: str
-    config: FoundationsConfig
-    device: torch.device
-    seed: int
-    resume: bool
-    results_root: Path | None
-    progress: bool
-
-    def checkpoint_dir(self, experiment: str) -> Path:
-        root = Path(self.results_root) if self.results_root is not None else default_results_root()
-        return root.parent / "runs" / CHAPTER / experiment / f"{self.profile}-seed{self.seed}"
-
-    def fingerprint(self, experiment: str, **extra: Any) -> str:
-        return fingerprint_of({"chapter": CHAPTER, "experiment": experiment, "seed": self.seed,
-                               "config": as_dict(self.config), **extra})
-
-    def recorder(self, experiment: str) -> RunRecorder:
-        return RunRecorder(chapter=CHAPTER, experiment=experiment, profile=self.profile,
-                           seed=self.seed, device=self.device, config=as_dict(self.config),
-                           root=self.results_root)
+@dataclass
+class _Context(RunContext):
+    chapter: ClassVar[str] = CHAPTER
 
 
 def _fit(trainer: Trainer, resume: bool, recorder: RunRecorder) -> list[dict[str, Any]]:
@@ -849,15 +828,8 @@ def run(
 
     ``experiments`` selects a subset (default: all of :data:`EXPERIMENTS`).
     """
-    config = select(PROFILES, profile)
-    for name in experiments:
-        if name not in _EXPERIMENT_FNS:
-            raise UnknownNameError(
-                f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}"
-            )
-    seed = check_int("seed", seed, low=0)
-    dev = resolve_device(device)
-    seed_everything(seed)
-    ctx = _Context(profile, config, dev, seed, resume,
-                   Path(results_root) if results_root is not None else None, progress)
+    ctx = prepare_run(
+        _Context, PROFILES, EXPERIMENTS, profile=profile, experiments=experiments,
+        device=device, seed=seed, resume=resume, results_root=results_root, progress=progress,
+    )
     return {name: _EXPERIMENT_FNS[name](ctx) for name in experiments}

@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -62,9 +62,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ibcore.atomic import atomic_write_bytes
-from ibcore.checkpoint import fingerprint_of, load_checkpoint, save_checkpoint
+from ibcore.checkpoint import load_checkpoint, save_checkpoint
 from ibcore.data import load_tensors, subset, to_unit_float
-from ibcore.device import resolve_device, seed_everything
 from ibcore.errors import CheckpointError, InvalidParameterError, UnknownNameError
 from ibcore.estimators.divergences import density_ratio_kl, mmd2_unbiased
 from ibcore.estimators.rate import FactorizedDensity
@@ -80,8 +79,7 @@ from ibcore.models.autoencoders import (
     quantize,
 )
 from ibcore.objectives.bibae import lagrangian
-from ibcore.profiles import as_dict, select
-from ibcore.results import RunRecorder, default_results_root
+from ibcore.runners.context import RunContext, prepare_run
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
 
@@ -804,28 +802,9 @@ def _stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-@dataclass(frozen=True)
-class _Context:
-    profile: str
-    config: GlassesConfig
-    device: torch.device
-    seed: int
-    resume: bool
-    results_root: Path | None
-    progress: bool
-
-    def checkpoint_dir(self, experiment: str) -> Path:
-        root = Path(self.results_root) if self.results_root is not None else default_results_root()
-        return root.parent / "runs" / CHAPTER / experiment / f"{self.profile}-seed{self.seed}"
-
-    def fingerprint(self, experiment: str, **extra: Any) -> str:
-        return fingerprint_of({"chapter": CHAPTER, "experiment": experiment, "seed": self.seed,
-                               "config": as_dict(self.config), **extra})
-
-    def recorder(self, experiment: str) -> RunRecorder:
-        return RunRecorder(chapter=CHAPTER, experiment=experiment, profile=self.profile,
-                           seed=self.seed, device=self.device, config=as_dict(self.config),
-                           root=self.results_root)
+@dataclass
+class _Context(RunContext):
+    chapter: ClassVar[str] = CHAPTER
 
 
 def _load_data(dataset: str, config: GlassesConfig, seed: int) -> _Data:
@@ -1000,15 +979,9 @@ def run(
 
     ``experiments`` selects a subset (default: both datasets).
     """
-    config = select(PROFILES, profile)
-    for name in experiments:
-        if name not in EXPERIMENTS:
-            raise UnknownNameError(
-                f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}"
-            )
-    seed = check_int("seed", seed, low=0)
-    dev = resolve_device(device)
-    seed_everything(seed)
-    ctx = _Context(profile, config, dev, seed, resume,
-                   Path(results_root) if results_root is not None else None, progress)
+    ctx = prepare_run(
+        _Context, PROFILES, EXPERIMENTS, profile=profile, experiments=experiments,
+        device=device, seed=seed, resume=resume, results_root=results_root,
+        progress=progress,
+    )
     return {name: _run_experiment(ctx, name) for name in experiments}

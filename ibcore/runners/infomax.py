@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ from ibcore.atomic import atomic_write_bytes, atomic_write_json
 from ibcore.checkpoint import fingerprint_of
 from ibcore.data import load_tensors, pad_to_size, subset
 from ibcore.data.vision import DATASETS
-from ibcore.device import resolve_device, seed_everything
+from ibcore.device import seed_everything
 from ibcore.errors import (
     CheckpointError,
     InvalidParameterError,
@@ -87,8 +87,9 @@ from ibcore.probes import (
     standardize,
     train_probe,
 )
-from ibcore.profiles import as_dict, select
-from ibcore.results import RunRecorder, default_results_root
+from ibcore.profiles import as_dict
+from ibcore.results import RunRecorder
+from ibcore.runners.context import RunContext, prepare_run
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
 
@@ -514,26 +515,12 @@ class MITrace(nn.Module):
 
 
 @dataclass
-class _Context:
-    profile: str
-    config: InfomaxConfig
-    device: torch.device
-    seed: int
-    resume: bool
-    results_root: Path | None
-    progress: bool
+class _Context(RunContext):
+    chapter: ClassVar[str] = CHAPTER
+
     data: _Data | None = None
     features: dict[str, dict[str, dict[str, Tensor]]] = field(default_factory=dict)
     models: dict[str, _Model] = field(default_factory=dict)
-
-    def checkpoint_dir(self, experiment: str) -> Path:
-        root = Path(self.results_root) if self.results_root is not None else default_results_root()
-        return root.parent / "runs" / CHAPTER / experiment / f"{self.profile}-seed{self.seed}"
-
-    def recorder(self, experiment: str) -> RunRecorder:
-        return RunRecorder(chapter=CHAPTER, experiment=experiment, profile=self.profile,
-                           seed=self.seed, device=self.device, config=as_dict(self.config),
-                           root=self.results_root)
 
     def get_data(self) -> _Data:
         if self.data is None:
@@ -982,17 +969,11 @@ def run(
 
     ``experiments`` selects a subset (default: all of :data:`EXPERIMENTS`).
     """
-    config = select(PROFILES, profile)
-    for name in experiments:
-        if name not in _EXPERIMENT_FNS:
-            raise UnknownNameError(
-                f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}"
-            )
-    seed = check_int("seed", seed, low=0)
-    dev = resolve_device(device)
-    seed_everything(seed)
-    ctx = _Context(profile, config, dev, seed, resume,
-                   Path(results_root) if results_root is not None else None, progress)
+    ctx = prepare_run(
+        _Context, PROFILES, EXPERIMENTS, profile=profile, experiments=experiments,
+        device=device, seed=seed, resume=resume, results_root=results_root,
+        progress=progress,
+    )
     return {name: _EXPERIMENT_FNS[name](ctx) for name in experiments}
 
 

@@ -54,7 +54,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ from ibcore.codec import baselines as bl
 from ibcore.codec.bdmetrics import bd_psnr, bd_rate
 from ibcore.codec.bitstream import EncodeResult, decode, encode, encode_detailed, model_id
 from ibcore.data.images import CropSource, image_folder, load_kodak
-from ibcore.device import resolve_device, seed_everything
+from ibcore.device import resolve_device
 from ibcore.errors import (
     CheckpointError,
     DataNotFoundError,
@@ -81,8 +81,9 @@ from ibcore.models.ncvae import (
     save_model_file,
     state_digest,
 )
-from ibcore.profiles import as_dict, select
-from ibcore.results import RunRecorder, default_results_root, repo_root
+from ibcore.profiles import select
+from ibcore.results import RunRecorder, repo_root
+from ibcore.runners.context import RunContext, prepare_run
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
 
@@ -406,27 +407,16 @@ class _Trained:
 
 
 @dataclass
-class _Context:
-    profile: str
-    config: NCVAEConfig
-    device: torch.device
-    seed: int
-    resume: bool
-    results_root: Path | None
-    progress: bool
+class _Context(RunContext):
+    chapter: ClassVar[str] = CHAPTER
+
     data_root: Path | None = None
     trained: dict[str, _Trained] = field(default_factory=dict)
     _source: CropSource | None = None
     _tests: dict[str, Tensor] | None = None
 
     def models_dir(self) -> Path:
-        root = Path(self.results_root) if self.results_root is not None else default_results_root()
-        return root.parent / "runs" / CHAPTER / "models" / f"{self.profile}-seed{self.seed}"
-
-    def recorder(self, experiment: str) -> RunRecorder:
-        return RunRecorder(chapter=CHAPTER, experiment=experiment, profile=self.profile,
-                           seed=self.seed, device=self.device, config=as_dict(self.config),
-                           root=self.results_root)
+        return self.runs_dir("models")
 
     @property
     def source(self) -> CropSource:
@@ -835,16 +825,12 @@ def run(
 
     ``data_root`` overrides :func:`ibcore.data.data_root` (the folder holding ``images/``).
     """
-    config = select(PROFILES, profile)
-    for name in experiments:
-        if name not in _EXPERIMENT_FNS:
-            raise UnknownNameError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
-    seed = check_int("seed", seed, low=0)
-    dev = resolve_device(device)
-    seed_everything(seed)
-    ctx = _Context(profile, config, dev, seed, resume,
-                   Path(results_root) if results_root is not None else None, progress,
-                   Path(data_root) if data_root is not None else None)
+    ctx = prepare_run(
+        _Context, PROFILES, EXPERIMENTS, profile=profile, experiments=experiments,
+        device=device, seed=seed, resume=resume, results_root=results_root,
+        progress=progress,
+        data_root=Path(data_root) if data_root is not None else None,
+    )
     return {name: _EXPERIMENT_FNS[name](ctx) for name in experiments}
 
 
