@@ -117,3 +117,31 @@ def test_notes_mention_profile_and_command(tmp_path: Path) -> None:
 def test_result_path_rejects_bad_names(tmp_path: Path) -> None:
     with pytest.raises(UnknownNameError):
         result_path("../etc", "exp", "cpu", 0, tmp_path)
+
+
+def test_shown_record_prefers_recorded_cpu_and_flags_smoke(tmp_path: Path) -> None:
+    from ibcore.report import shown_record, source_note
+
+    scratch = tmp_path / "scratch"
+    written = {"exp": _record(scratch, "smoke", 0, 0.1)}
+    record, warning = shown_record("ch", "exp", written, root=tmp_path / "results")
+    assert record.profile == "smoke" and warning is not None and "ch/exp" in warning
+    assert source_note(record, warning).startswith("**Smoke run")
+    _record(tmp_path / "results", "cpu", 0, 0.9)
+    record, warning = shown_record("ch", "exp", written, root=tmp_path / "results")
+    assert (record.profile, record.metrics["test_accuracy"], warning) == ("cpu", 0.9, None)
+    assert not source_note(record, warning).startswith("**Smoke run")
+    with pytest.raises(ResultFileError, match="no run of ch/other"):
+        shown_record("ch", "other", written, root=tmp_path / "results")
+
+
+def test_markdown_table_layout_and_bad_alignment() -> None:
+    from ibcore.errors import InvalidParameterError
+    from ibcore.report import markdown_table
+
+    text = markdown_table([(1, "a"), (2, "b")], [("n", lambda r: str(r[0])), ("s", lambda r: r[1])])
+    assert text.splitlines() == ["| n | s |", "| ---: | ---: |", "| 1 | a |", "| 2 | b |"]
+    left = markdown_table([], [("n", str)], align="left")
+    assert left.splitlines() == ["| n |", "| --- |"]
+    with pytest.raises(InvalidParameterError, match="align"):
+        markdown_table([], [("n", str)], align="centre")
