@@ -305,3 +305,25 @@ def test_mine_ema_errors() -> None:
         MineEMA(decay=-0.1)
     with pytest.raises(ShapeError):
         MineEMA().loss(torch.zeros(2, 3))
+
+
+def test_mine_ema_state_round_trips_through_state_dict() -> None:
+    # A copy restored from state_dict (as a Trainer checkpoint does) continues with the same
+    # running average, so the next corrected gradient is identical; a fresh object differs.
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randn(8, 8, generator=gen, dtype=torch.float64) for _ in range(4)]
+    ema = MineEMA(0.9)
+    for b in batches[:3]:
+        ema.objective(b)
+    restored, fresh = MineEMA(0.9), MineEMA(0.9)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.running_mean is not None and fresh.running_mean is None
+    grads = []
+    for obj in (ema, restored, fresh):
+        s = batches[3].clone().requires_grad_(True)
+        obj.objective(s).backward()
+        grads.append(s.grad)
+    assert torch.equal(grads[0], grads[1])
+    assert not torch.allclose(grads[0], grads[2])
+    ema.reset()
+    assert ema.running_mean is None

@@ -27,6 +27,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ibcore.errors import InvalidParameterError, ShapeError
 from ibcore.validation import check_finite, check_weight
@@ -205,7 +206,7 @@ def infonce_bound(scores: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-class MineEMA:
+class MineEMA(nn.Module):
     r"""MINE's bias-corrected DV gradient with an exponential moving average of ``E_Q[e^T]``.
 
     The gradient of the DV bound is ``E_P[∇T] − E_Q[e^T ∇T] / E_Q[e^T]``; estimating the
@@ -216,22 +217,29 @@ class MineEMA:
 
     :meth:`objective` returns a tensor whose **value is the DV bound** of the batch (as
     :func:`dv_bound` would give) and whose **gradient is the corrected one**; maximise it.
-    :meth:`loss` is its negative, for optimisers that minimise. The running average is plain
-    state on this object (detached from autograd); make one object per estimator.
+    :meth:`loss` is its negative, for optimisers that minimise. The running average lives in
+    two buffers (detached from autograd), so it is part of :meth:`state_dict`: pass the object
+    among the modules a :class:`~ibcore.training.Trainer` checkpoints and a resumed run continues
+    with the same average. Make one object per estimator.
     """
 
+    log_ema: torch.Tensor
+    started: torch.Tensor
+
     def __init__(self, decay: float = 0.99) -> None:
+        super().__init__()
         self.decay = check_weight("decay", decay, low=0.0, high=1.0, high_inclusive=False)
-        self._log_ema: torch.Tensor | None = None
+        self.register_buffer("log_ema", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
 
     @property
     def running_mean(self) -> torch.Tensor | None:
         """The current moving average of ``E_Q[e^T]`` (``None`` before the first call)."""
-        return None if self._log_ema is None else self._log_ema.exp()
+        return self.log_ema.exp() if bool(self.started) else None
 
     def reset(self) -> None:
         """Forget the moving average."""
-        self._log_ema = None
+        self.started.fill_(False)
 
     def objective_from_samples(
         self, joint_scores: torch.Tensor, marginal_scores: torch.Tensor
@@ -239,15 +247,17 @@ class MineEMA:
         """DV value with the EMA-corrected gradient, from two sample vectors."""
         _check_pair(joint_scores, marginal_scores)
         log_batch = _log_mean_exp(marginal_scores.detach())
-        if self._log_ema is None:
-            self._log_ema = log_batch
+        if not bool(self.started):
+            log_ema = log_batch
         else:
-            prev = self._log_ema.to(log_batch)
-            self._log_ema = torch.logaddexp(
+            prev = self.log_ema.to(log_batch)
+            log_ema = torch.logaddexp(
                 prev + math.log(self.decay), log_batch + math.log1p(-self.decay)
             )
+        self.log_ema = log_ema.detach().to(torch.float64)  # exact for float32 and float64
+        self.started.fill_(True)
         # d/dT of mean(e^T) / m is e^T / (M m): the corrected denominator
-        surrogate = joint_scores.mean() - (marginal_scores - self._log_ema).exp().mean()
+        surrogate = joint_scores.mean() - (marginal_scores - log_ema).exp().mean()
         value = dv_bound_from_samples(joint_scores, marginal_scores).detach()
         return value + (surrogate - surrogate.detach())
 

@@ -691,8 +691,8 @@ def _train_critic(
 ) -> SeparableCritic:
     """Train a separable critic to maximise ``bound`` on fresh correlated Gaussians.
 
-    The DV critic uses MINE's moving-average gradient (:class:`MineEMA`); that average is plain
-    state, not part of the checkpoint, so a resumed DV run restarts it from the next batch.
+    The DV critic uses MINE's moving-average gradient (:class:`MineEMA`); its running average is
+    checkpointed with the critic, so a resumed DV run continues exactly.
     """
     cfg = ctx.config
     rho = rho_for_mi(mi, cfg.bound_dim)
@@ -708,8 +708,11 @@ def _train_critic(
             estimate = mi_readout(bound, scores.detach())
         return {"loss": -objective, "estimate": estimate}
 
+    modules: dict[str, torch.nn.Module] = {"critic": critic}
+    if mine is not None:
+        modules["mine_ema"] = mine
     trainer = Trainer(
-        {"critic": critic},
+        modules,
         torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, foreach=True),
         data,
         batch_size=cfg.bound_batch_size,
@@ -718,7 +721,8 @@ def _train_critic(
         device=ctx.device,
         loss_fn=loss_fn,
         checkpoint_path=ctx.checkpoint_dir("estimator_bench") / f"{bound}-mi{_fmt_beta(mi)}.pt",
-        fingerprint=ctx.fingerprint("estimator_bench", bound=bound, mi=mi),
+        fingerprint=ctx.fingerprint("estimator_bench", bound=bound, mi=mi,
+                                    **({"checkpointed_ema": True} if mine is not None else {})),
         progress=ctx.progress,
         desc=f"{bound} critic, I={mi:g}",
     )
