@@ -9,6 +9,7 @@ Files are written atomically, so an interrupted run never leaves a half-written 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -16,7 +17,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ibcore.atomic import atomic_write_json
+from ibcore.atomic import atomic_write_bytes, atomic_write_json
 from ibcore.device import device_description
 from ibcore.errors import ResultFileError, UnknownNameError
 
@@ -139,6 +140,21 @@ class RunRecorder:
         """Count ``seconds`` spent before this process (e.g. by an interrupted earlier attempt)."""
         self._extra_seconds += float(seconds)
 
+    def save_artifact(self, name: str, payload: bytes, ext: str, what: str | None = None) -> Path:
+        """Write ``payload`` beside the result file as ``<stem>.<name>.<ext>`` (atomically).
+
+        The file is named in the result's ``artifacts`` with its SHA-256, which
+        :func:`read_artifact` checks when a chapter reads it back.
+        """
+        assert self.path is not None
+        target = self.path.with_name(f"{self.path.stem}.{name}.{ext}")
+        atomic_write_bytes(target, payload)
+        entry = {"file": target.name, "sha256": hashlib.sha256(payload).hexdigest()}
+        if what:
+            entry["what"] = what
+        self.artifacts[name] = entry
+        return target
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             return
@@ -217,6 +233,35 @@ def load_result(path: str | os.PathLike) -> ResultRecord:
         metrics=data.get("metrics", {}),
         history=data.get("history", []),
     )
+
+
+def read_artifact(result_path: str | os.PathLike, artifact: str | Mapping[str, str]) -> bytes:
+    """The bytes of an artefact beside a result file, after checking its SHA-256.
+
+    ``artifact`` is the artefact's name in the result's ``artifacts`` block, or that block's
+    entry itself. A missing, unreadable or altered file raises :class:`ResultFileError`.
+    """
+    result_path = Path(result_path)
+    try:
+        if isinstance(artifact, str):
+            data = json.loads(result_path.read_text(encoding="utf-8"))
+            entry = data["artifacts"][artifact]
+        else:
+            entry = artifact
+        name = entry.get("file") or entry["path"]  # "path": the key of early infomax records
+        raw = (result_path.parent / name).read_bytes()
+        digest = entry["sha256"]
+    except (OSError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ResultFileError(
+            f"artefact {artifact!r} of {result_path} is missing or unreadable ({exc}); re-run "
+            "the experiment"
+        ) from exc
+    if hashlib.sha256(raw).hexdigest() != digest:
+        raise ResultFileError(
+            f"{name} does not match the checksum recorded in {result_path}; it was altered or "
+            "corrupted: re-run the experiment"
+        )
+    return raw
 
 
 def _seed_of(p: Path) -> int:

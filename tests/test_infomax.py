@@ -438,7 +438,7 @@ def test_smoke_run_writes_results_and_resumes(tmp_path: Path, fashion_data: None
     assert json.loads(again["probes"].read_text())["metrics"] == probes["metrics"]
     # a tampered artefact is refused
     art = trade["artifacts"]["pca_lambda_0"]
-    (out["tradeoff"].parent / art["path"]).write_bytes(b"not the recorded file")
+    (out["tradeoff"].parent / art["file"]).write_bytes(b"not the recorded file")
     with pytest.raises(ResultFileError, match="checksum"):
         runner.load_pca_artifact(out["tradeoff"], art)
 

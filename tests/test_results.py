@@ -145,3 +145,24 @@ def test_markdown_table_layout_and_bad_alignment() -> None:
     assert left.splitlines() == ["| n |", "| --- |"]
     with pytest.raises(InvalidParameterError, match="align"):
         markdown_table([], [("n", str)], align="centre")
+
+
+def test_artifacts_are_written_beside_the_result_and_checked_on_read(tmp_path: Path) -> None:
+    from ibcore.results import read_artifact
+
+    with RunRecorder(chapter="ch", experiment="exp", profile="cpu", seed=0, device=CPU,
+                     config={}, root=tmp_path, command="pytest") as rec:
+        written = rec.save_artifact("frames", b"\x89PNG fake", "png", what="a test payload")
+    assert written == tmp_path / "ch" / "exp" / "cpu-seed0.frames.png"
+    assert read_artifact(rec.path, "frames") == b"\x89PNG fake"
+    entry = json.loads(rec.path.read_text())["artifacts"]["frames"]
+    assert read_artifact(rec.path, entry) == b"\x89PNG fake"
+    assert read_artifact(rec.path, {**entry, "path": entry.pop("file")}) == b"\x89PNG fake"
+    written.write_bytes(b"\x89PNG altered")
+    with pytest.raises(ResultFileError, match="checksum"):
+        read_artifact(rec.path, "frames")
+    written.unlink()
+    with pytest.raises(ResultFileError, match="missing"):
+        read_artifact(rec.path, "frames")
+    with pytest.raises(ResultFileError, match="missing"):
+        read_artifact(rec.path, "no-such-artefact")

@@ -61,7 +61,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ibcore.atomic import atomic_write_bytes
 from ibcore.checkpoint import load_checkpoint, save_checkpoint
 from ibcore.data import load_tensors, subset, to_unit_float
 from ibcore.errors import CheckpointError, InvalidParameterError, UnknownNameError
@@ -79,6 +78,7 @@ from ibcore.models.autoencoders import (
     quantize,
 )
 from ibcore.objectives.bibae import lagrangian
+from ibcore.results import read_artifact
 from ibcore.runners.context import RunContext, prepare_run
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
@@ -912,12 +912,7 @@ def load_images_artifact(result_path: Path, metrics: Mapping[str, Any],
     """
     from PIL import Image
 
-    from ibcore.errors import ResultFileError
-
-    path = Path(result_path).parent / artifact["file"]
-    raw = path.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != artifact["sha256"]:
-        raise ResultFileError(f"{path} does not match the checksum in its result file; re-run")
+    raw = read_artifact(result_path, artifact)
     image = np.asarray(Image.open(io.BytesIO(raw)))
     rows = list(metrics["image_rows"])
     h = image.shape[0] // len(rows)
@@ -957,11 +952,7 @@ def _run_experiment(ctx: _Context, experiment: str) -> Path:
         })
         rec.metrics["bars"] = check_bars(rec.metrics)
         assert rec.path is not None
-        png = _png_bytes(np.concatenate(rows, axis=0))
-        png_path = rec.path.with_name(f"{rec.path.stem}.images.png")
-        atomic_write_bytes(png_path, png)
-        rec.artifacts["images"] = {"file": png_path.name,
-                                   "sha256": hashlib.sha256(png).hexdigest()}
+        rec.save_artifact("images", _png_bytes(np.concatenate(rows, axis=0)), "png")
     return rec.path
 
 

@@ -35,7 +35,6 @@ continues an interrupted one exactly (:class:`ibcore.training.Trainer`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -50,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ibcore.atomic import atomic_write_bytes, atomic_write_json
+from ibcore.atomic import atomic_write_json
 from ibcore.checkpoint import fingerprint_of
 from ibcore.data import load_tensors, pad_to_size, subset
 from ibcore.data.vision import DATASETS
@@ -58,7 +57,6 @@ from ibcore.device import seed_everything
 from ibcore.errors import (
     CheckpointError,
     InvalidParameterError,
-    ResultFileError,
     UnknownNameError,
 )
 from ibcore.models.dcgan import (
@@ -88,7 +86,7 @@ from ibcore.probes import (
     train_probe,
 )
 from ibcore.profiles import as_dict
-from ibcore.results import RunRecorder
+from ibcore.results import RunRecorder, read_artifact
 from ibcore.runners.context import RunContext, prepare_run
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
@@ -920,10 +918,6 @@ def _fmt(v: float) -> str:
     return f"{v:g}".replace(".", "p")
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _run_tradeoff(ctx: _Context) -> Path:
     with ctx.recorder("tradeoff") as rec:
         models = _evaluate_all(ctx, "tradeoff", rec)
@@ -937,10 +931,7 @@ def _run_tradeoff(ctx: _Context) -> Path:
             buf = io.BytesIO()
             np.savez(buf, coords=coords, labels=labels)
             payload = buf.getvalue()
-            fname = f"{rec.path.stem}.pca-lambda{_fmt(lam)}.npz"
-            atomic_write_bytes(rec.path.parent / fname, payload)
-            rec.artifacts[f"pca_lambda_{lam:g}"] = {"path": fname, "sha256": _sha256(payload),
-                                                    "what": "2-D PCA of test Y"}
+            rec.save_artifact(f"pca_lambda_{lam:g}", payload, "npz", what="2-D PCA of test Y")
             settings.append({"lambda": float(lam), "pca_artifact": f"pca_lambda_{lam:g}", **row})
             for h in ev.get("history", []):
                 rec.history.append({"model": name, "lambda": float(lam), **h})
@@ -979,12 +970,5 @@ def run(
 
 def load_pca_artifact(result_path: Path, artifact: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
     """Read a PCA artefact named in a result file, checking its SHA-256 first."""
-    path = Path(result_path).parent / artifact["path"]
-    payload = path.read_bytes()
-    if _sha256(payload) != artifact["sha256"]:
-        raise ResultFileError(
-            f"{path} does not match the checksum recorded in {result_path}; re-run the "
-            "tradeoff experiment"
-        )
-    with np.load(io.BytesIO(payload)) as npz:
+    with np.load(io.BytesIO(read_artifact(result_path, artifact))) as npz:
         return npz["coords"], npz["labels"]

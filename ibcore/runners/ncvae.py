@@ -61,7 +61,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ibcore.atomic import atomic_write_bytes, atomic_write_json
+from ibcore.atomic import atomic_write_json
 from ibcore.checkpoint import fingerprint_of, load_checkpoint, save_checkpoint
 from ibcore.codec import baselines as bl
 from ibcore.codec.bdmetrics import bd_psnr, bd_rate
@@ -82,7 +82,7 @@ from ibcore.models.ncvae import (
     state_digest,
 )
 from ibcore.profiles import select
-from ibcore.results import RunRecorder, repo_root
+from ibcore.results import read_artifact, repo_root
 from ibcore.runners.context import RunContext, prepare_run
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
@@ -632,13 +632,6 @@ def _crop(img: Tensor, box: tuple[int, int, int]) -> Tensor:
     return img[:, top : top + size, left : left + size].contiguous()
 
 
-def _save_artifact(rec: RunRecorder, name: str, png: bytes) -> None:
-    assert rec.path is not None
-    path = rec.path.with_name(f"{rec.path.stem}.{name}.png")
-    atomic_write_bytes(path, png)
-    rec.artifacts[name] = {"file": path.name, "sha256": hashlib.sha256(png).hexdigest()}
-
-
 def _baselines(cfg: NCVAEConfig, images: Mapping[str, Tensor]) -> dict[str, list[dict[str, Any]]]:
     """Per codec, one entry per quality setting with both images' bpp and PSNR."""
     support = bl.available_codecs()
@@ -709,10 +702,10 @@ def _run_rd_sweep(ctx: _Context) -> Path:
         }
         # decoded crops per λ (slider) and every codec at our lowest rate (side by side)
         crop_img = images[cfg.crop_image]
-        _save_artifact(rec, "crop-original", _png(_crop(crop_img, cfg.crop_box)))
+        rec.save_artifact("crop-original", _png(_crop(crop_img, cfg.crop_box)), "png")
         for key in by_rate:
             decoded = decode(ctx.trained[key].model, encode(ctx.trained[key].model, crop_img))
-            _save_artifact(rec, f"crop-{key}", _png(_crop(decoded, cfg.crop_box)))
+            rec.save_artifact(f"crop-{key}", _png(_crop(decoded, cfg.crop_box)), "png")
         lowest = models[by_rate[0]]["images"][cfg.crop_image]["bpp"]
         side_by_side: dict[str, Any] = {"ncvae": {"model": by_rate[0], "bpp": lowest,
                                                   "psnr_db": models[by_rate[0]]["images"][cfg.crop_image]["psnr_db"]}}
@@ -720,7 +713,7 @@ def _run_rd_sweep(ctx: _Context) -> Path:
         for codec in base:
             point, data = bl.encode_at_bpp(arr, codec, lowest)
             rec_img = torch.from_numpy(bl.decode_image(data)).permute(2, 0, 1)
-            _save_artifact(rec, f"crop-{codec}", _png(_crop(rec_img, cfg.crop_box)))
+            rec.save_artifact(f"crop-{codec}", _png(_crop(rec_img, cfg.crop_box)), "png")
             side_by_side[codec] = point.as_dict()
         rec.metrics.update({
             "test_images": list(images),
@@ -768,7 +761,7 @@ def _run_noise_ablation(ctx: _Context) -> Path:
         if trunk is not None:
             rec.add_elapsed(trunk.earlier_seconds)
         crop_img = images[cfg.crop_image]
-        _save_artifact(rec, "crop-original", _png(_crop(crop_img, cfg.crop_box)))
+        rec.save_artifact("crop-original", _png(_crop(crop_img, cfg.crop_box)), "png")
         rows: dict[str, Any] = {}
         for s in cfg.ablation_noise_stds:
             trained = _model(ctx, lam, s)
@@ -784,10 +777,10 @@ def _run_noise_ablation(ctx: _Context) -> Path:
                 ent[name] = _symbol_entropy_bits(res.y_hat)
                 zeros[name] = float((res.y_hat == 0).to(torch.float64).mean())
                 if name == cfg.crop_image:
-                    _save_artifact(rec, f"crop-{key}", _png(_crop(res.reconstruction, cfg.crop_box)))
+                    rec.save_artifact(f"crop-{key}", _png(_crop(res.reconstruction, cfg.crop_box)), "png")
                     energy = res.y_hat.to(torch.float64).pow(2).mean(dim=(1, 2))
                     channel = int(torch.argmax(energy))
-                    _save_artifact(rec, f"latent-{key}", _latent_png(res.y_hat, channel))
+                    rec.save_artifact(f"latent-{key}", _latent_png(res.y_hat, channel), "png")
             for name in images:
                 measured[name].update({"gradient_energy_ratio": smooth[name],
                                        "symbol_entropy_bits": ent[name],
@@ -832,21 +825,6 @@ def run(
         data_root=Path(data_root) if data_root is not None else None,
     )
     return {name: _EXPERIMENT_FNS[name](ctx) for name in experiments}
-
-
-def read_artifact(result_path: Path, name: str) -> bytes:
-    """The bytes of artefact ``name`` beside a result file, after checking its SHA-256."""
-    from ibcore.errors import ResultFileError
-
-    result_path = Path(result_path)
-    try:
-        entry = json.loads(result_path.read_text(encoding="utf-8"))["artifacts"][name]
-        raw = (result_path.parent / entry["file"]).read_bytes()
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ResultFileError(f"artefact {name!r} of {result_path} is missing ({exc}); re-run") from exc
-    if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
-        raise ResultFileError(f"{entry['file']} does not match the checksum in {result_path}; re-run")
-    return raw
 
 
 def read_png_artifact(result_path: Path, name: str) -> np.ndarray:
