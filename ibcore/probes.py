@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ibcore.errors import InvalidParameterError, ShapeError, UnknownNameError
 from ibcore.estimators.mi_bounds import MineEMA, dv_bound
-from ibcore.validation import check_finite, check_int, check_weight
+from ibcore.validation import check_float, check_int, check_weight
 
 __all__ = [
     "PROBE_KINDS",
@@ -99,9 +99,7 @@ def _check_features(name: str, x: Tensor) -> Tensor:
             f"{name} must be a [N, D] tensor of features (flatten feature maps first), got "
             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
         )
-    if not torch.is_floating_point(x):
-        raise ShapeError(f"{name} must be floating point, got dtype {x.dtype}")
-    return check_finite(name, x)
+    return check_float(name, x)
 
 
 def _check_labels(name: str, y: Tensor, n: int, classes: int) -> Tensor:

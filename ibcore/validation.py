@@ -64,3 +64,14 @@ def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
         n_bad = int((~torch.isfinite(x)).sum())
         raise NonFiniteError(f"{name} holds {n_bad} NaN/inf value(s); check the input data")
     return x
+
+
+def check_float(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Return ``x`` if it is a floating-point tensor without NaN or infinity; raise otherwise."""
+    if not isinstance(x, torch.Tensor):
+        raise ShapeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise InvalidParameterError(
+            f"{name} must be a floating-point tensor, got dtype {x.dtype}; convert it with .float()"
+        )
+    return check_finite(name, x)

@@ -166,3 +166,17 @@ def test_artifacts_are_written_beside_the_result_and_checked_on_read(tmp_path: P
         read_artifact(rec.path, "frames")
     with pytest.raises(ResultFileError, match="missing"):
         read_artifact(rec.path, "no-such-artefact")
+
+
+def test_check_float_names_the_problem() -> None:
+    from ibcore.errors import InvalidParameterError, NonFiniteError, ShapeError
+    from ibcore.validation import check_float
+
+    x = torch.ones(3)
+    assert check_float("x", x) is x
+    with pytest.raises(InvalidParameterError, match=r"x must be a floating-point tensor.*int64"):
+        check_float("x", torch.ones(3, dtype=torch.int64))
+    with pytest.raises(ShapeError, match="torch.Tensor"):
+        check_float("x", [1.0, 2.0])
+    with pytest.raises(NonFiniteError, match="1 NaN/inf"):
+        check_float("x", torch.tensor([1.0, float("nan")]))

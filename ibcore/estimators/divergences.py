@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ibcore.errors import InvalidParameterError, ShapeError, UnknownNameError
-from ibcore.validation import check_finite, check_int, check_weight
+from ibcore.validation import check_float, check_int, check_weight
 
 __all__ = ["density_ratio_kl", "median_heuristic_bandwidth", "mmd2_unbiased"]
 
@@ -32,9 +32,7 @@ def _check_samples(name: str, x: torch.Tensor, *, min_n: int) -> torch.Tensor:
         )
     if x.shape[0] < min_n:
         raise ShapeError(f"{name} needs at least {min_n} samples (rows), got {x.shape[0]}")
-    if not torch.is_floating_point(x):
-        raise InvalidParameterError(f"{name} must be floating point, got dtype {x.dtype}")
-    return check_finite(name, x)
+    return check_float(name, x)
 
 
 def _check_same_dim(x: torch.Tensor, y: torch.Tensor, names: tuple[str, str]) -> None:

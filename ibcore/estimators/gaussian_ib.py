@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ibcore.errors import InvalidParameterError, ShapeError
-from ibcore.validation import check_finite, check_weight
+from ibcore.validation import check_float, check_weight
 
 __all__ = [
     "critical_betas",
@@ -53,9 +53,7 @@ def _check_matrix(name: str, x: torch.Tensor, rows: int | None, cols: int | None
     ):
         want = f"[{'*' if rows is None else rows}, {'*' if cols is None else cols}]"
         raise ShapeError(f"{name} must have shape {want}, got {tuple(x.shape)}")
-    if not torch.is_floating_point(x):
-        raise InvalidParameterError(f"{name} must be floating point, got dtype {x.dtype}")
-    return check_finite(name, x)
+    return check_float(name, x)
 
 
 def _check_symmetric(name: str, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ibcore.errors import InvalidParameterError, ShapeError
-from ibcore.validation import check_finite
+from ibcore.validation import check_finite, check_float
 
 __all__ = [
     "gmvib_rate",
@@ -25,18 +25,13 @@ __all__ = [
 
 def _check_float_tensor(name: str, x: torch.Tensor, *, min_dim: int = 1) -> torch.Tensor:
     """Raise unless ``x`` is a finite floating-point tensor with at least ``min_dim`` dims."""
-    if not isinstance(x, torch.Tensor):
-        raise ShapeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not torch.is_floating_point(x):
-        raise InvalidParameterError(
-            f"{name} must be a floating-point tensor, got dtype {x.dtype}; convert it with .float()"
-        )
+    check_float(name, x)
     if x.dim() < min_dim:
         raise ShapeError(
             f"{name} must have at least {min_dim} dimension(s) (the last one is the event "
             f"dimension), got shape {tuple(x.shape)}"
         )
-    return check_finite(name, x)
+    return x
 
 
 def _check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:

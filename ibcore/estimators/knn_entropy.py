@@ -36,7 +36,7 @@ import math
 import torch
 
 from ibcore.errors import InvalidParameterError, NonFiniteError, ShapeError, UnknownNameError
-from ibcore.validation import check_finite
+from ibcore.validation import check_float
 
 __all__ = [
     "NORMS",
@@ -111,12 +111,7 @@ def add_zero_entropy_noise(
     (appendix A.1). Differentiable with respect to ``z``; the noise is drawn on ``z``'s device
     and dtype from ``generator`` (which must live on that device) or the global generator.
     """
-    if not isinstance(z, torch.Tensor):
-        raise ShapeError(f"z must be a torch.Tensor, got {type(z).__name__}")
-    if not z.is_floating_point():
-        raise InvalidParameterError(
-            f"z must be a floating-point tensor, got dtype {z.dtype}; convert it with z.float()"
-        )
+    check_float("z", z)
     noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
     return z + noise * zero_entropy_noise_std()
 
@@ -134,13 +129,9 @@ def _check_points(z: torch.Tensor) -> torch.Tensor:
             f"z must have shape (N, d) — one row per sample — got {tuple(z.shape)}; "
             "flatten the features with z.reshape(len(z), -1)"
         )
-    if not z.is_floating_point():
-        raise InvalidParameterError(
-            f"z must be a floating-point tensor, got dtype {z.dtype}; convert it with z.float()"
-        )
     if z.shape[1] < 1:
         raise ShapeError(f"z must have at least one feature column, got shape {tuple(z.shape)}")
-    return check_finite("z", z)
+    return check_float("z", z)
 
 
 def _check_k(k: int, n: int, what: str = "points") -> int:

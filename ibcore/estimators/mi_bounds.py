@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ibcore.errors import InvalidParameterError, ShapeError
-from ibcore.validation import check_finite, check_weight
+from ibcore.errors import ShapeError
+from ibcore.validation import check_float, check_weight
 
 __all__ = [
     "MineEMA",
@@ -61,9 +61,7 @@ def _check_scores(scores: torch.Tensor) -> torch.Tensor:
         raise ShapeError(
             "scores must be at least 2 x 2 so that off-diagonal (negative) pairs exist"
         )
-    if not torch.is_floating_point(scores):
-        raise InvalidParameterError(f"scores must be floating point, got dtype {scores.dtype}")
-    return check_finite("scores", scores)
+    return check_float("scores", scores)
 
 
 def _check_vector(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -74,9 +72,7 @@ def _check_vector(name: str, x: torch.Tensor) -> torch.Tensor:
             f"{name} must be a non-empty 1-D tensor of critic values, got shape "
             f"{tuple(x.shape)}; flatten it with .reshape(-1)"
         )
-    if not torch.is_floating_point(x):
-        raise InvalidParameterError(f"{name} must be floating point, got dtype {x.dtype}")
-    return check_finite(name, x)
+    return check_float(name, x)
 
 
 def _check_pair(joint: torch.Tensor, marginal: torch.Tensor) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ibcore.errors import InvalidParameterError, ShapeError
-from ibcore.validation import check_finite, check_int, check_weight
+from ibcore.validation import check_finite, check_float, check_int, check_weight
 
 __all__ = ["FactorizedDensity", "discretized_gaussian_probs", "gaussian_bits"]
 
@@ -34,14 +34,7 @@ def _as_float_tensor(name: str, x: torch.Tensor | float, like: torch.Tensor) -> 
 
 
 def _check_y(y: torch.Tensor) -> torch.Tensor:
-    if not isinstance(y, torch.Tensor):
-        raise ShapeError(f"y must be a torch.Tensor, got {type(y).__name__}")
-    if not torch.is_floating_point(y):
-        raise InvalidParameterError(
-            f"y must be a floating-point tensor (integers stored as floats), got dtype {y.dtype}; "
-            "use y.float()"
-        )
-    return check_finite("y", y)
+    return check_float("y", y)  # integer latents are passed as floats
 
 
 def _check_min_prob(min_prob: float) -> float:
