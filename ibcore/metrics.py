@@ -100,3 +100,62 @@ def roc_curve_on_grid(
     frac = np.divide(grid - fpr[i], span, out=np.zeros_like(grid), where=span > 0)
     values = tpr[i] + frac * (tpr[j] - tpr[i])
     return {"fpr": grid.tolist(), "tpr": values.tolist()}
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-label (label-set) accuracy, for the GMVIB chapter
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_multilabel(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if scores.dim() != 2 or targets.shape != scores.shape:
+        raise ShapeError(
+            f"scores and targets must both be [N, C]; got {tuple(scores.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+    if not bool(torch.isfinite(scores).all()):
+        raise NonFiniteError("scores hold NaN/inf values; fix the model output first")
+    if bool(((targets != 0) & (targets != 1)).any()):
+        raise InvalidParameterError("targets must be multi-hot (0 or 1)")
+    m = targets.sum(1).long()
+    if bool((m < 1).any()):
+        raise InvalidParameterError("every target row needs at least one label")
+    return m
+
+
+def top_m_prediction(scores: torch.Tensor, m: torch.Tensor | int) -> torch.Tensor:
+    """Multi-hot ``[N, C]`` prediction: the ``m`` highest-scoring classes of each row.
+
+    ``m`` is one count for all rows or a ``[N]`` tensor (the true number of labels per row).
+    Ties are broken by :func:`torch.sort` (stable: the lower class index wins).
+    """
+    n, c = scores.shape
+    m_t = torch.as_tensor(m, device=scores.device).long().expand(n)
+    if bool((m_t < 1).any()) or bool((m_t > c).any()):
+        raise InvalidParameterError(f"m must be between 1 and the {c} classes")
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(c, device=scores.device).expand(n, c))
+    return (rank < m_t[:, None]).to(torch.float32)
+
+
+def exact_set_accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of rows whose top-``M`` classes are exactly the true label set (``M`` = its size).
+
+    At chance (a label set drawn uniformly among ``C(C, M)``) this is ``1 / C(C, M)``.
+    """
+    m = _check_multilabel(scores, targets)
+    pred = top_m_prediction(scores, m)
+    return float((pred == targets.to(pred.dtype)).all(1).float().mean())
+
+
+def per_label_accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of the true labels found among the top-``M`` classes, over all rows and labels.
+
+    ``Σ_n |top_M(n) ∩ y_n| / Σ_n M_n``; with predictions of size ``M`` it is both the label-wise
+    recall and precision. At chance it is ``M / C``.
+    """
+    m = _check_multilabel(scores, targets)
+    pred = top_m_prediction(scores, m)
+    hits = (pred * targets.to(pred.dtype)).sum()
+    return float(hits / m.sum())

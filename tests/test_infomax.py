@@ -45,6 +45,7 @@ from ibcore.probes import (
     standardize,
     train_probe,
 )
+from ibcore.projection import pca_2d
 from ibcore.runners import infomax as runner
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -363,7 +364,7 @@ def test_pca_matches_sklearn_up_to_sign() -> None:
     from sklearn.decomposition import PCA
 
     y = torch.randn(200, 6, generator=torch.Generator().manual_seed(0)) * torch.arange(1, 7)
-    ours = runner.pca_2d(y)
+    ours = pca_2d(y)
     ref = PCA(n_components=2).fit_transform(y.double().numpy())
     for k in range(2):
         assert np.allclose(np.abs(ours[:, k]), np.abs(ref[:, k]), atol=1e-4)

@@ -1,5 +1,6 @@
 """Datasets as in-memory tensors (see :mod:`ibcore.data.vision`) and whole-tensor transforms."""
 
+from ibcore.data.multimnist import load_multi as load_multi
 from ibcore.data.transforms import pad_to_size, subset, to_unit_float
 from ibcore.data.vision import DATASETS, data_root, load_tensors
 

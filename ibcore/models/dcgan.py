@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ibcore.errors import ShapeError
+from ibcore.models.init import init_from_generator
 from ibcore.validation import check_int
 
 __all__ = [
@@ -76,26 +77,6 @@ class EncoderOutput:
     y: Tensor
 
 
-def _init_generator(generator: torch.Generator | None, module: nn.Module) -> None:
-    """Re-initialise every conv/linear weight from ``generator`` (PyTorch's default scheme).
-
-    PyTorch's layer constructors draw from the global RNG; drawing again from an explicit
-    generator makes a model a pure function of its seed.
-    """
-    if generator is None:
-        return
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
-                # PyTorch's default (kaiming_uniform with a=√5): U(±1/√fan_in), with fan_in
-                # = weight.size(1) × kernel area (for a transposed conv that is its out-channels)
-                fan_in = m.weight.shape[1] * m.weight[0, 0].numel()
-                bound = 1.0 / fan_in**0.5
-                m.weight.copy_((torch.rand(m.weight.shape, generator=generator) * 2 - 1) * bound)
-                if m.bias is not None:
-                    m.bias.copy_((torch.rand(m.bias.shape, generator=generator) * 2 - 1) * bound)
-
-
 class DCGANEncoder(nn.Module):
     """``E_ψ``: ``[B, channels, 32, 32]`` images → :class:`EncoderOutput` (see module docstring).
 
@@ -131,7 +112,7 @@ class DCGANEncoder(nn.Module):
             nn.ReLU(),
         )
         self.head = nn.Linear(self.fc_dim, self.y_dim)
-        _init_generator(generator, self)
+        init_from_generator(generator, self)
 
     @property
     def local_channels(self) -> int:
@@ -202,7 +183,7 @@ class GlobalCritic(nn.Module):
         hidden, embed = check_int("hidden", hidden), check_int("embed", embed)
         self.phi = _mlp([self.local_channels * self.local_size**2, hidden, embed])
         self.chi = _mlp([self.y_dim, hidden, embed])
-        _init_generator(generator, self)
+        init_from_generator(generator, self)
 
     def forward(self, local: Tensor, y: Tensor) -> Tensor:
         _check_critic_inputs(local, y, self.local_channels, self.y_dim, self.local_size)
@@ -233,7 +214,7 @@ class LocalCritic(nn.Module):
         hidden, embed = check_int("hidden", hidden), check_int("embed", embed)
         self.phi = _ResidualMLP(self.local_channels, hidden, embed)
         self.chi = _ResidualMLP(self.y_dim, hidden, embed)
-        _init_generator(generator, self)
+        init_from_generator(generator, self)
 
     def forward(self, local: Tensor, y: Tensor) -> Tensor:
         _check_critic_inputs(local, y, self.local_channels, self.y_dim, None)
@@ -276,7 +257,7 @@ class PriorDiscriminator(nn.Module):
         self.y_dim = check_int("y_dim", y_dim)
         sizes = [self.y_dim, *(check_int("hidden", h) for h in hidden), 1]
         self.net = _mlp(sizes)
-        _init_generator(generator, self)
+        init_from_generator(generator, self)
 
     def forward(self, y: Tensor) -> Tensor:
         if y.dim() != 2 or y.shape[1] != self.y_dim:
@@ -314,7 +295,7 @@ class ConvDecoder(nn.Module):
             nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.BatchNorm2d(w), nn.ReLU(),
             nn.ConvTranspose2d(w, self.channels, 4, 2, 1), nn.Tanh(),
         )
-        _init_generator(generator, self)
+        init_from_generator(generator, self)
 
     def forward(self, y: Tensor) -> Tensor:
         if y.dim() != 2 or y.shape[1] != self.y_dim:
@@ -332,7 +313,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.y_dim, check_int("classes", classes, low=2))
-        _init_generator(generator, self.head)
+        init_from_generator(generator, self.head)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x).y)

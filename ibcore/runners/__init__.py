@@ -14,7 +14,9 @@ from ibcore.errors import UnknownNameError
 
 RUNNERS: dict[str, str] = {
     "foundations": "ibcore.runners.foundations",
+    "gmvib": "ibcore.runners.gmvib",
     "glasses": "ibcore.runners.glasses",
+    "entropy_ib": "ibcore.runners.entropy_ib",
     "infomax": "ibcore.runners.infomax",
     "ncvae": "ibcore.runners.ncvae",
 }

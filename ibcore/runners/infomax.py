@@ -86,6 +86,7 @@ from ibcore.probes import (
     train_probe,
 )
 from ibcore.profiles import as_dict
+from ibcore.projection import pca_2d
 from ibcore.results import RunRecorder, read_artifact
 from ibcore.runners.context import RunContext, prepare_run
 from ibcore.training import Trainer
@@ -786,21 +787,6 @@ class _Model:
             self.evals["test_mse"] = err / data.test_x.numel()
             self._save_evals()
         return self.evals
-
-
-def pca_2d(y: Tensor) -> np.ndarray:
-    """Coordinates of the rows of ``y`` on its first two principal axes (float32 ``[n, 2]``).
-
-    Each axis's sign is fixed so that its largest-magnitude loading is positive.
-    """
-    y = y.double()
-    centered = y - y.mean(0, keepdim=True)
-    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
-    axes = vh[:2]
-    idx = axes.abs().argmax(1)
-    signs = torch.sign(axes[torch.arange(2), idx])
-    signs[signs == 0] = 1.0
-    return (centered @ (axes * signs[:, None]).T).float().numpy()
 
 
 def _model_row(name: str, spec: ModelSpec, evals: dict[str, Any], needs: Sequence[str]

@@ -1,0 +1,520 @@
+r"""Runner of the GMVIB chapter (``gmvib.md``: Zuo, *Deep Gaussian Mixture VIB*).
+
+Three classifiers of :mod:`ibcore.models.gmvib` (Basic, VIB, GMVIB; one MLP encoder trunk and
+one decoder for all) are trained on the four Multi-MNIST sets of :mod:`ibcore.data.multimnist`
+with the objectives of :mod:`ibcore.objectives.gmvib`. Experiments (one result file each):
+
+``table1``
+    The source's Table 1: every model on every dataset at the source's β, ``replicates``
+    training seeds each; exact-set and per-label test accuracy (mean ± sample std over the
+    replicates), and per epoch the information-plane coordinates on a fixed test subset:
+    ``I(Z;x) ≤ E[rate]`` (eq. 8) and ``I(Z;y) ≥ H(y) − E[−log q(y|z)]`` (eq. 7), nats.
+``beta``
+    The source's Table 2 and Fig. 4: VIB and GMVIB at every β of ``beta_grid`` (replicate 0),
+    their information-plane trajectories, and for the chapter's β slider the mean mixing
+    weights ``E[e] = α / Σα`` of a few test images and a 2-D PCA of the posterior-mean latent.
+
+A model is trained once, in the checkpoint folder of the first experiment that uses it (the
+β of Table 1 appears in both), with :class:`ibcore.training.Trainer` (exact resume); its
+evaluations are cached in ``<key>.eval.json`` next to its checkpoint, so ``--resume`` skips
+finished models (a finished model's checkpoint is then deleted: the eval file is its record).
+The generated datasets are cached under ``<results root>/../runs/cache/
+multimnist`` (never in the data root). Training inputs are the canvases scaled to ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ibcore.atomic import atomic_write_json
+from ibcore.checkpoint import fingerprint_of
+from ibcore.data.multimnist import MULTI_DATASETS, label_entropy_nats, load_multi, multi_hot
+from ibcore.errors import CheckpointError, UnknownNameError
+from ibcore.metrics import exact_set_accuracy, per_label_accuracy
+from ibcore.models.gmvib import KINDS, BottleneckClassifier
+from ibcore.objectives.gmvib import bottleneck_objective
+from ibcore.profiles import as_dict
+from ibcore.projection import pca_2d
+from ibcore.results import default_results_root
+from ibcore.runners.context import RunContext, prepare_run
+from ibcore.training import Trainer
+from ibcore.validation import check_int, check_weight
+
+CHAPTER = "gmvib"
+EXPERIMENTS = ("table1", "beta")
+DATASET_NAMES = tuple(MULTI_DATASETS)
+# "visibly worse": β = 1e-2 below β = 1e-3 by at least this much exact-set accuracy
+VISIBLE_DROP = 0.01
+
+__all__ = [
+    "CHAPTER",
+    "DATASET_NAMES",
+    "EXPERIMENTS",
+    "PROFILES",
+    "GMVIBConfig",
+    "ModelSpec",
+    "evaluate_model",
+    "experiment_specs",
+    "run",
+]
+
+
+@dataclass(frozen=True)
+class GMVIBConfig:
+    """Settings of both experiments (one profile = one instance)."""
+
+    datasets: tuple[str, ...] = DATASET_NAMES
+    train_size: int = 12000
+    test_size: int = 3000  # 80/20
+    eval_size: int = 1000  # test images of the per-epoch information plane
+    data_seed: int = 0
+    jitter_x: int = 3
+    # models (source §3.2: 256-d latent, K = one component per class, 12 samples)
+    latent_dim: int = 256
+    components: int = 10
+    hidden: tuple[int, ...] = (1024, 1024)
+    conv_channels: tuple[int, ...] = (32, 64, 64)  # the source gives no architecture
+    decoder_hidden: tuple[int, ...] = ()
+    train_samples: int = 12
+    eval_samples: int = 12
+    alpha_prior: float = 1.0
+    beta: float = 1e-3
+    # training
+    batch_size: int = 100
+    epochs: int = 5
+    lr: float = 1e-3
+    checkpoint_every_steps: int = 100
+    replicates: int = 3
+    # β ablation and the slider
+    beta_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    beta_kinds: tuple[str, ...] = ("vib", "gmvib")
+    weights_shown: int = 6
+    projection_points: int = 300
+
+    def __post_init__(self) -> None:
+        for ds in self.datasets:
+            if ds not in MULTI_DATASETS:
+                raise UnknownNameError(
+                    f"unknown dataset {ds!r}; choose from {', '.join(MULTI_DATASETS)}"
+                )
+        for name in ("latent_dim", "components", "train_samples", "eval_samples", "epochs",
+                     "checkpoint_every_steps", "replicates", "weights_shown"):
+            check_int(name, getattr(self, name))
+        check_int("train_size", self.train_size, low=2)
+        check_int("test_size", self.test_size, low=2)
+        check_int("eval_size", self.eval_size, low=2, high=self.test_size)
+        check_int("projection_points", self.projection_points, low=3, high=self.test_size)
+        check_int("batch_size", self.batch_size, low=1, high=self.train_size)
+        check_int("data_seed", self.data_seed, low=0)
+        check_int("jitter_x", self.jitter_x, low=0)
+        check_weight("lr", self.lr, low_inclusive=False)
+        check_weight("alpha_prior", self.alpha_prior, low_inclusive=False)
+        check_weight("beta", self.beta)
+        for b in self.beta_grid:
+            check_weight("beta_grid value", b)
+        for kind in self.beta_kinds:
+            if kind not in KINDS:
+                raise UnknownNameError(f"unknown model kind {kind!r}; choose from {KINDS}")
+        for h in (*self.hidden, *self.conv_channels, *self.decoder_hidden):
+            check_int("layer width", h)
+
+    def training_view(self) -> dict[str, Any]:
+        """The settings a trained model depends on (its checkpoint fingerprint)."""
+        keys = ("train_size", "data_seed", "jitter_x", "latent_dim", "components", "hidden",
+                "conv_channels",
+                "decoder_hidden", "train_samples", "alpha_prior", "batch_size", "epochs", "lr",
+                "test_size", "eval_size", "eval_samples")
+        return {k: getattr(self, k) for k in keys}
+
+
+_CPU = GMVIBConfig()
+
+PROFILES: dict[str, GMVIBConfig] = {
+    "smoke": dataclasses.replace(
+        _CPU, train_size=200, test_size=100, eval_size=50, latent_dim=16, components=10,
+        hidden=(64,), conv_channels=(4, 8), train_samples=2, eval_samples=2, batch_size=100, epochs=1,
+        checkpoint_every_steps=1, replicates=2, weights_shown=4, projection_points=50,
+    ),
+    "cpu": dataclasses.replace(_CPU, epochs=3, checkpoint_every_steps=1000),
+    "paper": dataclasses.replace(
+        _CPU, train_size=48000, test_size=12000, eval_size=2000, epochs=50, lr=1e-4,
+        checkpoint_every_steps=200, projection_points=1000,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# models to train
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to train: dataset, kind, β (ignored by Basic) and replicate number."""
+
+    dataset: str
+    kind: str
+    beta: float
+    replicate: int = 0
+
+    @property
+    def key(self) -> str:
+        b = "" if self.kind == "basic" else f"-b{self.beta:g}"
+        return f"{self.dataset}-{self.kind}{b}-r{self.replicate}"
+
+
+def experiment_specs(cfg: GMVIBConfig, experiment: str) -> list[ModelSpec]:
+    """The models an experiment evaluates, in order."""
+    if experiment == "table1":
+        return [ModelSpec(ds, kind, 0.0 if kind == "basic" else cfg.beta, r)
+                for ds in cfg.datasets for kind in KINDS for r in range(cfg.replicates)]
+    if experiment == "beta":
+        return [ModelSpec(ds, kind, float(b), 0)
+                for ds in cfg.datasets for kind in cfg.beta_kinds for b in cfg.beta_grid]
+    raise UnknownNameError(f"unknown experiment {experiment!r}; choose from {EXPERIMENTS}")
+
+
+def _owner(cfg: GMVIBConfig, spec: ModelSpec) -> str:
+    for exp in EXPERIMENTS:
+        if spec in experiment_specs(cfg, exp):
+            return exp
+    raise UnknownNameError(f"no experiment uses the model {spec.key}")
+
+
+# ---------------------------------------------------------------------------------------------
+# data and evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Data:
+    train_x: Tensor  # uint8 [N, 1, 64, 64]
+    train_y: Tensor  # float multi-hot [N, 10]
+    test_x: Tensor
+    test_y: Tensor
+    test_sets: Tensor  # int64 [N, M]
+    items: int
+    h_y: float
+
+
+def _inputs(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], -1).float() / 255.0
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: BottleneckClassifier,
+    x: Tensor,
+    y: Tensor,
+    *,
+    samples: int,
+    beta: float,
+    alpha_prior: float,
+    h_y: float,
+    seed: int,
+    device: torch.device,
+    batch_size: int = 500,
+) -> dict[str, float]:
+    """Test metrics of ``model`` on ``uint8`` images ``x`` and multi-hot labels ``y``.
+
+    Scores are the sigmoid probabilities averaged over ``samples`` encoder draws; the
+    prediction is the top-``M`` classes. The Monte-Carlo noise comes from a forked global RNG
+    seeded with ``seed`` (the training RNG is left untouched). Rates and cross-entropies are
+    means over the images, in nats.
+    """
+    model.eval()
+    sums = {"ce": 0.0, "rate": 0.0}
+    scores = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i in range(0, x.shape[0], batch_size):
+            xb = _inputs(x[i : i + batch_size]).to(device)
+            yb = y[i : i + batch_size].to(device)
+            out = model(xb, samples=samples)
+            terms = bottleneck_objective(model.kind, out, yb, beta, alpha_prior)
+            n = xb.shape[0]
+            sums["ce"] += float(terms["ce"]) * n
+            sums["rate"] += float(terms.get("rate", torch.zeros(()))) * n
+            scores.append(torch.sigmoid(out.logits).mean(0).cpu())
+    s = torch.cat(scores)
+    ce, rate = sums["ce"] / x.shape[0], sums["rate"] / x.shape[0]
+    row = {
+        "test_exact_set_accuracy": exact_set_accuracy(s, y),
+        "test_per_label_accuracy": per_label_accuracy(s, y),
+        "test_ce_nats": ce,
+        "test_I_zy_lower_nats": h_y - ce,
+    }
+    if model.kind != "basic":
+        row["test_rate_nats"] = rate
+        row["test_I_zx_upper_nats"] = rate
+    return row
+
+
+@torch.no_grad()
+def _latent_summary(model: BottleneckClassifier, x: Tensor, sets: Tensor, n_points: int,
+                    n_weights: int, device: torch.device) -> dict[str, Any]:
+    """Posterior-mean latents (2-D PCA) and, for GMVIB, the mean weights ``α / Σα``."""
+    model.eval()
+    enc = model.encode(_inputs(x[:n_points]).to(device))
+    if model.kind == "basic":
+        z = enc["z"]
+    elif model.kind == "vib":
+        z = enc["mu"][:, 0]
+    else:
+        w = enc["alpha"] / enc["alpha"].sum(1, keepdim=True)
+        z = torch.einsum("bk,bkd->bd", w, enc["mu"])  # E[Σ e_k z_k], e ⟂ z_k given x
+    out: dict[str, Any] = {
+        "projection": {"coords": pca_2d(z.cpu()).tolist(),
+                       "label_sets": sets[:n_points].tolist()},
+    }
+    if model.kind == "gmvib":
+        alpha = enc["alpha"][:n_weights].cpu()
+        out["weights"] = {"e_mean": (alpha / alpha.sum(1, keepdim=True)).tolist(),
+                          "alpha_sum": alpha.sum(1).tolist(),
+                          "label_sets": sets[:n_weights].tolist()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the runs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Context(RunContext):
+    chapter: ClassVar[str] = CHAPTER
+
+    data: dict[str, _Data] = field(default_factory=dict)
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    earlier_seconds: float = 0.0
+
+    def cache_dir(self) -> Path:
+        root = Path(self.results_root) if self.results_root is not None else default_results_root()
+        return root.parent / "runs" / "cache" / "multimnist"
+
+    def get_data(self, name: str) -> _Data:
+        if name not in self.data:
+            cfg = self.config
+            kw = {"seed": cfg.data_seed, "cache_dir": self.cache_dir(), "jitter_x": cfg.jitter_x}
+            tr_x, tr_s = load_multi(name, "train", cfg.train_size, **kw)
+            te_x, te_s = load_multi(name, "test", cfg.test_size, **kw)
+            items = MULTI_DATASETS[name].items
+            self.data[name] = _Data(tr_x, multi_hot(tr_s), te_x, multi_hot(te_s), te_s, items,
+                                    label_entropy_nats(items))
+        return self.data[name]
+
+    def model_seed(self, spec: ModelSpec) -> int:
+        return int(fingerprint_of({"seed": self.seed, "model": spec.key})[:8], 16)
+
+
+def _train_and_evaluate(ctx: _Context, spec: ModelSpec) -> dict[str, Any]:
+    """Train ``spec`` (or resume it) and evaluate it; cached in ``<key>.eval.json``."""
+    if spec.key in ctx.done:
+        return ctx.done[spec.key]
+    cfg = ctx.config
+    folder = ctx.checkpoint_dir(_owner(cfg, spec))
+    ckpt, eval_path = folder / f"{spec.key}.pt", folder / f"{spec.key}.eval.json"
+    fingerprint = fingerprint_of({"chapter": CHAPTER, "seed": ctx.seed, "spec": as_dict(spec),
+                                  "train": cfg.training_view(),
+                                  "summary": [cfg.weights_shown, cfg.projection_points]})
+    if ctx.resume and eval_path.exists():
+        saved = json.loads(eval_path.read_text(encoding="utf-8"))
+        if saved.get("fingerprint") != fingerprint:
+            raise CheckpointError(
+                f"{eval_path} belongs to a different configuration; delete it or run without "
+                "--resume"
+            )
+        ctx.done[spec.key] = saved["evals"]
+        ctx.earlier_seconds += float(saved["evals"].get("seconds", 0.0))
+        return saved["evals"]
+    t0 = time.perf_counter()
+    data = ctx.get_data(spec.dataset)
+    dev = ctx.device
+    mseed = ctx.model_seed(spec)
+    gen = torch.Generator().manual_seed(mseed)
+    model = BottleneckClassifier(
+        spec.kind, data.train_x[0].numel(), data.train_y.shape[1], latent_dim=cfg.latent_dim,
+        components=cfg.components, hidden=cfg.hidden, conv_channels=cfg.conv_channels,
+        decoder_hidden=cfg.decoder_hidden,
+        generator=gen,
+    ).to(dev)
+    torch.manual_seed(mseed)  # the MC noise: a function of (seed, spec) alone
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    eval_x, eval_y = data.test_x[: cfg.eval_size], data.test_y[: cfg.eval_size]
+    eval_kw = {"samples": cfg.eval_samples, "beta": spec.beta, "alpha_prior": cfg.alpha_prior,
+               "h_y": data.h_y, "seed": mseed + 1, "device": dev}
+
+    def loss_fn(batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        out = model(_inputs(batch[0]), samples=cfg.train_samples)
+        return bottleneck_objective(spec.kind, out, batch[1], spec.beta, cfg.alpha_prior)
+
+    def epoch_end(epoch: int) -> dict[str, float]:
+        return evaluate_model(model, eval_x, eval_y, **eval_kw)
+
+    start = {"epoch": 0, **evaluate_model(model, eval_x, eval_y, **eval_kw)}
+    trainer = Trainer(
+        {"model": model}, opt, (data.train_x, data.train_y), batch_size=cfg.batch_size,
+        epochs=cfg.epochs, seed=mseed % 1_000_000, device=dev, loss_fn=loss_fn,
+        checkpoint_path=ckpt, checkpoint_every_steps=cfg.checkpoint_every_steps,
+        fingerprint=fingerprint, epoch_end_fn=epoch_end, progress=ctx.progress,
+        desc=f"{CHAPTER} {spec.key}",
+    )
+    t_fit = time.perf_counter()
+    history = trainer.fit(resume=ctx.resume)
+    earlier = max(0.0, trainer.elapsed_seconds - (time.perf_counter() - t_fit))
+    ctx.earlier_seconds += earlier
+    final = evaluate_model(model, data.test_x, data.test_y, **{**eval_kw, "seed": mseed + 2})
+    evals: dict[str, Any] = {
+        "model_seed": mseed,
+        "final": final,
+        "history": [start, *[dict(r) for r in history]],
+        "train_seconds": trainer.elapsed_seconds,
+        **_latent_summary(model, data.test_x, data.test_sets, cfg.projection_points,
+                          cfg.weights_shown, dev),
+    }
+    evals["seconds"] = time.perf_counter() - t0 + earlier
+    atomic_write_json(eval_path, {"fingerprint": fingerprint, "model": spec.key, "evals": evals})
+    # the eval file marks the model finished; its checkpoint (weights + Adam state, ~126 MB for
+    # a GMVIB) is no longer needed by --resume
+    ckpt.unlink(missing_ok=True)
+    ctx.done[spec.key] = evals
+    return evals
+
+
+def _row(spec: ModelSpec, ev: dict[str, Any], cfg: GMVIBConfig) -> dict[str, Any]:
+    return {"key": spec.key, "dataset": spec.dataset, "kind": spec.kind, "beta": spec.beta,
+            "replicate": spec.replicate, "model_seed": ev["model_seed"], "epochs": cfg.epochs,
+            "train_seconds": ev["train_seconds"], **ev["final"]}
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": list(values)}
+
+
+def _table1_bars(summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The issue's bars on Table 1 (exact-set accuracy means over the replicates)."""
+    def acc(ds: str, kind: str) -> float | None:
+        s = summary.get(ds, {}).get(kind)
+        return None if s is None else s["test_exact_set_accuracy"]["mean"]
+
+    bars: dict[str, Any] = {}
+    for kind in ("vib", "gmvib"):
+        a = acc("double_mnist", kind)
+        if a is not None:
+            bars[f"double_mnist_{kind}_ge_0.98"] = a >= 0.98
+        a = acc("double_fashion", kind)
+        if a is not None:
+            bars[f"double_fashion_{kind}_ge_0.85"] = a >= 0.85
+        for ds in ("double_fashion", "triple_fashion"):
+            a, b = acc(ds, kind), acc(ds, "basic")
+            if a is not None and b is not None:
+                bars[f"{ds}_{kind}_above_basic"] = a > b
+                bars[f"{ds}_{kind}_minus_basic"] = a - b
+    for ds in ("double_fashion", "triple_fashion"):
+        a, b = acc(ds, "gmvib"), acc(ds, "vib")
+        if a is not None and b is not None:
+            bars[f"{ds}_gmvib_minus_vib"] = a - b
+            bars[f"{ds}_gmvib_above_vib"] = a > b
+    return bars
+
+
+def _run_table1(ctx: _Context) -> Path:
+    cfg = ctx.config
+    with ctx.recorder("table1") as rec:
+        rows = []
+        for spec in experiment_specs(cfg, "table1"):
+            ev = _train_and_evaluate(ctx, spec)
+            rows.append(_row(spec, ev, cfg))
+            for h in ev["history"]:
+                rec.history.append({"model": spec.key, "dataset": spec.dataset,
+                                    "kind": spec.kind, "beta": spec.beta,
+                                    "replicate": spec.replicate, **h})
+        summary: dict[str, dict[str, dict[str, Any]]] = {}
+        for ds in cfg.datasets:
+            for kind in KINDS:
+                sel = [r for r in rows if r["dataset"] == ds and r["kind"] == kind]
+                summary.setdefault(ds, {})[kind] = {
+                    m: _mean_std([r[m] for r in sel])
+                    for m in ("test_exact_set_accuracy", "test_per_label_accuracy")
+                }
+        rec.metrics.update({
+            "datasets": list(cfg.datasets),
+            "n_train": cfg.train_size, "n_test": cfg.test_size, "n_eval_per_epoch": cfg.eval_size,
+            "H_y_nats": {ds: label_entropy_nats(MULTI_DATASETS[ds].items) for ds in cfg.datasets},
+            "chance_exact_set_accuracy": {
+                ds: 1.0 / math.comb(10, MULTI_DATASETS[ds].items) for ds in cfg.datasets},
+            "models": rows,
+            "summary": summary,
+            "std": "sample standard deviation over the replicates (n − 1)",
+            "bars": _table1_bars(summary),
+        })
+        rec.add_elapsed(ctx.earlier_seconds)
+        ctx.earlier_seconds = 0.0
+    assert rec.path is not None
+    return rec.path
+
+
+def _run_beta(ctx: _Context) -> Path:
+    cfg = ctx.config
+    with ctx.recorder("beta") as rec:
+        settings = []
+        for spec in experiment_specs(cfg, "beta"):
+            ev = _train_and_evaluate(ctx, spec)
+            row = _row(spec, ev, cfg)
+            row["projection"] = ev["projection"]
+            if "weights" in ev:
+                row["weights"] = ev["weights"]
+            settings.append(row)
+            for h in ev["history"]:
+                rec.history.append({"model": spec.key, "dataset": spec.dataset,
+                                    "kind": spec.kind, "beta": spec.beta, **h})
+        bars: dict[str, Any] = {}
+        for ds in cfg.datasets:
+            acc = {s["beta"]: s["test_exact_set_accuracy"] for s in settings
+                   if s["dataset"] == ds and s["kind"] == "gmvib"}
+            if 1e-2 in acc and 1e-3 in acc and MULTI_DATASETS[ds].items == 3:
+                drop = acc[1e-3] - acc[1e-2]
+                bars[f"{ds}_gmvib_drop_1e-3_to_1e-2"] = drop
+                bars[f"{ds}_gmvib_1e-2_visibly_worse"] = drop >= VISIBLE_DROP
+        rec.metrics.update({
+            "datasets": list(cfg.datasets), "beta_grid": list(cfg.beta_grid),
+            "kinds": list(cfg.beta_kinds), "visible_drop": VISIBLE_DROP,
+            "H_y_nats": {ds: label_entropy_nats(MULTI_DATASETS[ds].items) for ds in cfg.datasets},
+            "settings": settings, "bars": bars,
+        })
+        rec.add_elapsed(ctx.earlier_seconds)
+        ctx.earlier_seconds = 0.0
+    assert rec.path is not None
+    return rec.path
+
+
+def run(
+    profile: str = "smoke",
+    *,
+    device: str = "auto",
+    seed: int = 0,
+    resume: bool = False,
+    results_root: Path | None = None,
+    progress: bool = True,
+    experiments: Sequence[str] = EXPERIMENTS,
+) -> dict[str, Path]:
+    """Run the chapter's experiments at ``profile``; return ``{experiment: result file}``."""
+    ctx = prepare_run(
+        _Context, PROFILES, EXPERIMENTS, profile=profile, experiments=experiments,
+        device=device, seed=seed, resume=resume, results_root=results_root, progress=progress,
+    )
+    fns = {"table1": _run_table1, "beta": _run_beta}
+    return {name: fns[name](ctx) for name in experiments}

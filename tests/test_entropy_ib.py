@@ -1,0 +1,378 @@
+"""Entropy-estimator IB chapter: objective, models, GMM decoder, FGSM, data and the runner."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_infrastructure import write_cifar10_standin
+
+from ibcore.adversarial import fgsm, fgsm_accuracy
+from ibcore.decoders import fit_gaussian_mixture
+from ibcore.errors import InvalidParameterError, ShapeError, UnknownNameError
+from ibcore.estimators.knn_entropy import (
+    conditional_knn_entropy,
+    knn_entropy,
+    zero_entropy_noise_std,
+)
+from ibcore.models.resnet import ResFC, ResNetEncoder, resnet18_encoder
+from ibcore.objectives.entropy_ib import check_beta2, entropy_ib_loss
+from ibcore.runners import entropy_ib as runner
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _points(n: int = 40, d: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.arange(n) % 4
+    return z, y
+
+
+# --------------------------------------------------------------------------- objective
+
+
+def _kl_entropy_by_hand(z: torch.Tensor) -> float:
+    """Kozachenko–Leonenko (k = 1, L2) from scratch: ψ(N) − ψ(1) + log V_d + d·mean log r."""
+    n, d = z.shape
+    dist = torch.cdist(z, z) + torch.diag(torch.full((n,), math.inf, dtype=z.dtype))
+    r = dist.min(dim=1).values
+    psi = lambda v: float(torch.special.digamma(torch.tensor(float(v), dtype=torch.float64)))  # noqa: E731
+    log_vd = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
+    return psi(n) - psi(1) + log_vd + d * float(r.log().mean())
+
+
+def test_loss_assembles_eq10_with_the_right_signs() -> None:
+    z, y = _points()
+    for beta2 in (0.0, 0.3, 0.9):
+        out = entropy_ib_loss(z, y, beta2, noise=False)
+        h_z = _kl_entropy_by_hand(z)
+        h_zy = sum((y == c).double().mean().item() * _kl_entropy_by_hand(z[y == c])
+                   for c in range(4))
+        assert float(out["h_z"]) == pytest.approx(h_z, abs=1e-9)
+        assert float(out["h_z_given_y"]) == pytest.approx(h_zy, abs=1e-9)
+        assert float(out["loss"]) == pytest.approx(h_zy + (beta2 - 1.0) * h_z, abs=1e-9)
+
+
+def test_noise_switch() -> None:
+    z, y = _points(n=4000, d=2)
+    plain = entropy_ib_loss(z, y, 0.5, noise=False)
+    assert plain["z"] is z  # no noise: the estimator sees the encoder output itself
+    g = torch.Generator().manual_seed(3)
+    noisy = entropy_ib_loss(z, y, 0.5, noise=True, generator=g)
+    eps = noisy["z"] - z
+    assert float(eps.std()) == pytest.approx(zero_entropy_noise_std(), rel=0.03)
+    assert float(noisy["loss"]) != pytest.approx(float(plain["loss"]))
+
+
+def test_gradient_flows_to_the_encoder_output() -> None:
+    z, y = _points()
+    z = z.clone().requires_grad_(True)
+    entropy_ib_loss(z, y, 0.2, noise=True, generator=torch.Generator().manual_seed(0))[
+        "loss"].backward()
+    assert z.grad is not None and bool(torch.isfinite(z.grad).all())
+    assert float(z.grad.abs().sum()) > 0
+
+
+def test_small_class_policy() -> None:
+    z, y = _points(n=13)
+    y = y.clone()
+    y[-1] = 9  # class 9 has one sample: H[Z|y=9] needs k + 1 = 2
+    with pytest.raises(InvalidParameterError, match="k \\+ 1"):
+        entropy_ib_loss(z, y, 0.5, noise=False)
+    out = entropy_ib_loss(z, y, 0.5, noise=False, small_classes="skip")
+    assert float(out["skipped_classes"]) == 1.0
+    keep = y != 9
+    ref = conditional_knn_entropy(z[keep], y[keep])
+    assert float(out["h_z_given_y"]) == pytest.approx(float(ref), abs=1e-12)
+    assert float(out["h_z"]) == pytest.approx(float(knn_entropy(z)), abs=1e-12)  # whole batch
+    with pytest.raises(UnknownNameError):
+        entropy_ib_loss(z, y, 0.5, small_classes="ignore")
+
+
+@pytest.mark.parametrize("beta2", [-0.1, 1.0, 1.5, float("nan")])
+def test_beta2_outside_unit_interval_raises(beta2: float) -> None:
+    z, y = _points()
+    with pytest.raises(InvalidParameterError, match="beta"):
+        entropy_ib_loss(z, y, beta2)
+    with pytest.raises(InvalidParameterError):
+        runner.ModelSpec("ib", beta2)
+
+
+def test_objective_shape_errors() -> None:
+    z, y = _points()
+    with pytest.raises(ShapeError):
+        entropy_ib_loss(z[0], y, 0.5)
+    with pytest.raises(ShapeError):
+        entropy_ib_loss(z, y[:-1], 0.5)
+    assert check_beta2(0.0) == 0.0
+
+
+def test_tiny_training_run_lowers_the_loss() -> None:
+    """A few Adam steps on eq. 10 lower the objective on a fixed batch of two classes."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g)
+    y = (x[:, 0] > 0).long()
+    enc = torch.nn.Linear(5, 3)
+    with torch.no_grad():
+        enc.weight.copy_(torch.randn(3, 5, generator=g) * 0.3)
+        enc.bias.zero_()
+    opt = torch.optim.Adam(enc.parameters(), lr=0.05)
+    losses = []
+    for step in range(40):
+        out = entropy_ib_loss(enc(x), y, 0.5, generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"]))
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+
+
+# --------------------------------------------------------------------------- models
+
+
+def test_resnet_shapes_and_bad_inputs() -> None:
+    enc = ResNetEncoder(1, latent_dim=7, widths=(4, 8), blocks=(1, 1),
+                        generator=torch.Generator().manual_seed(0))
+    assert enc(torch.rand(3, 1, 28, 28)).shape == (3, 7)
+    with pytest.raises(ShapeError):
+        enc(torch.rand(3, 3, 28, 28))
+    with pytest.raises(InvalidParameterError):
+        ResNetEncoder(1, widths=(4, 8), blocks=(1,))
+    r18 = resnet18_encoder(3, 256)
+    n_conv = sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in r18.modules())
+    assert n_conv == 17  # stem + 8 blocks × 2: with the final linear layer, 18 weight layers
+    dec = ResFC(7, 10, width=16, blocks=5)
+    assert dec(torch.randn(4, 7)).shape == (4, 10)
+    assert len(dec.blocks) == 5
+    with pytest.raises(ShapeError):
+        dec(torch.randn(4, 6))
+
+
+def test_models_are_a_function_of_the_generator() -> None:
+    a = ResNetEncoder(1, latent_dim=4, widths=(4,), blocks=(1,),
+                      generator=torch.Generator().manual_seed(5))
+    b = ResNetEncoder(1, latent_dim=4, widths=(4,), blocks=(1,),
+                      generator=torch.Generator().manual_seed(5))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+# --------------------------------------------------------------------------- GMM decoder
+
+
+def test_gmm_decoder_separates_clusters() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0], [0.0, 6.0, 0.0]])
+    y = torch.arange(300) % 3
+    z = centres[y] + 0.5 * torch.randn(300, 3, generator=g)
+    gmm = fit_gaussian_mixture(z, y, 3)
+    yt = torch.arange(90) % 3
+    zt = centres[yt] + 0.5 * torch.randn(90, 3, generator=g)
+    assert float((gmm.predict(zt) == yt).float().mean()) == 1.0
+    assert torch.allclose(gmm.means.float(), centres, atol=0.15)
+
+
+def test_gmm_log_likelihood_matches_scipy() -> None:
+    from scipy.stats import multivariate_normal
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(50, 2, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0])
+    y = (torch.arange(50) % 2)
+    z[y == 1] += 4.0
+    ridge = 1e-3
+    gmm = fit_gaussian_mixture(z, y, 2, ridge=ridge)
+    zc = [z[y == c] for c in range(2)]
+    cen = torch.cat([zc[c] - zc[c].mean(0) for c in range(2)])
+    scale = float((cen**2).mean(0).mean())
+    pts = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    lp = gmm.log_posterior(pts)
+    ref = []
+    for c in range(2):
+        cov = torch.cov(zc[c].T, correction=0) + ridge * scale * torch.eye(2, dtype=torch.float64)
+        ref.append(multivariate_normal(zc[c].mean(0).numpy(), cov.numpy()).logpdf(pts.numpy())
+                   + math.log(0.5))
+    ref_t = torch.tensor(ref).T
+    ref_post = ref_t - torch.logsumexp(ref_t, dim=1, keepdim=True)
+    assert torch.allclose(lp, ref_post, atol=1e-9)
+
+
+def test_gmm_bad_inputs() -> None:
+    z, y = _points()
+    with pytest.raises(InvalidParameterError, match="no sample"):
+        fit_gaussian_mixture(z, y, 6)
+    with pytest.raises(ShapeError):
+        fit_gaussian_mixture(z, y[:-1], 4)
+    with pytest.raises(InvalidParameterError):
+        fit_gaussian_mixture(z, y, 4, ridge=0.0)
+    with pytest.raises(InvalidParameterError, match="identical"):
+        fit_gaussian_mixture(torch.zeros(8, 2), torch.arange(8) % 2, 2)
+
+
+# --------------------------------------------------------------------------- FGSM
+
+
+def test_fgsm_on_a_linear_model_matches_closed_form() -> None:
+    """For logits Wx + b, ∇ₓCE = Wᵀ(softmax − onehot): FGSM is x + ε·sign of that, clipped."""
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(6, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(3, 6, generator=g))
+        lin.bias.copy_(torch.randn(3, generator=g))
+    x = torch.rand(5, 6, generator=g, dtype=torch.float32)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    p = torch.softmax(x @ lin.weight.T + lin.bias, dim=1)
+    grad = (p - F.one_hot(y, 3).float()) @ lin.weight
+    eps = 0.1
+    expected = (x + eps * grad.sign()).clamp(0.0, 1.0)
+    assert torch.allclose(fgsm(lin, x, y, eps), expected)
+    assert torch.allclose(fgsm(lin, x, y, eps, clip=None), x + eps * grad.sign())
+    accs = fgsm_accuracy(lin, x, y, [0.0, eps], batch_size=2)
+    clean = float((lin(x).argmax(1) == y).float().mean())
+    adv = float((lin(expected).argmax(1) == y).float().mean())
+    assert accs == pytest.approx([clean, adv])
+    with pytest.raises(InvalidParameterError):
+        fgsm(lin, x, y, -0.1)
+    with pytest.raises(InvalidParameterError):
+        fgsm_accuracy(lin, x, y, [0.0, -0.1])
+    with pytest.raises(ShapeError):
+        fgsm(lin, x, y[:3], 0.1)
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def test_configs_and_specs() -> None:
+    assert set(runner.PROFILES) == {"smoke", "cpu", "paper"}
+    paper, cpu = runner.PROFILES["paper"], runner.PROFILES["cpu"]
+    assert paper.dataset == "cifar10" and paper.latent_dim == 256 and paper.epochs == 150
+    assert paper.lr == 5e-4 and paper.lr_factor == pytest.approx(math.sqrt(0.1))
+    assert paper.plateau_patience == 10 and paper.resfc_width == 1024
+    assert paper.resfc_blocks == 5 and paper.widths == (64, 128, 256, 512)
+    assert len(cpu.betas) >= 4 and all(0 < b < 1 for b in cpu.betas)
+    specs = runner.model_specs(cpu)
+    assert {"ce", "ce-dropout"} <= set(specs)
+    assert sum(s.kind == "ib" and s.noise for s in specs.values()) == len(cpu.betas)
+    assert sum(s.kind == "ib" and not s.noise for s in specs.values()) == len(cpu.betas)
+    with pytest.raises(InvalidParameterError):
+        dataclasses.replace(cpu, fgsm_epsilon=0.123)
+    with pytest.raises(InvalidParameterError):
+        dataclasses.replace(cpu, betas=(0.5, 1.0))
+    with pytest.raises(UnknownNameError):
+        runner.run("huge")
+    with pytest.raises(UnknownNameError):
+        runner.ModelSpec("vib")
+
+
+def test_plane_point_of_separated_classes() -> None:
+    """Well separated classes: the fitted ResFC's cross-entropy (≥ H[Y|Z] = 0) is small."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 2
+    z = torch.randn(200, 2, generator=g) * 0.3 + 5.0 * y[:, None].float()
+    cfg = dataclasses.replace(runner.PROFILES["smoke"], plane_steps=200, plane_width=16)
+    pt = runner.plane_point(z, y, cfg, 2, g, torch.device("cpu"))
+    assert 0.0 <= pt["test_h_y_given_z_bound_nats"] < 0.05
+    assert pt["test_h_z_nats"] == pytest.approx(float(knn_entropy(z.double())), abs=1e-9)
+
+
+def test_paper_profile_on_cifar10_standin(tmp_path: Path) -> None:
+    """The paper configuration (ResNet18, K = 256, ResFC 1024×5) on stand-in CIFAR-10."""
+    write_cifar10_standin(tmp_path, n_per_batch=8)
+    cfg = dataclasses.replace(runner.PROFILES["paper"], train_subset=24, test_subset=8)
+    data = runner.load_data(cfg, seed=0, root=tmp_path, verify_checksums=False)
+    assert data.train_x.shape == (24, 3, 32, 32) and data.train_x.dtype == torch.uint8
+    assert data.test_x.shape == (8, 3, 32, 32) and data.channels == 3
+    spec = runner.ModelSpec("ib", 0.5, True)
+    mods = runner._build(cfg, data, spec, torch.Generator().manual_seed(0))
+    enc = mods["encoder"]
+    x = data.train_x[:24].float() / 255
+    y = torch.arange(24) % 4
+    before = enc.head.weight.detach().clone()
+    opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr)
+    out = entropy_ib_loss(enc(x), y, 0.5, k=cfg.k)
+    assert out["z"].shape == (24, 256)
+    out["loss"].backward()
+    opt.step()
+    assert not torch.equal(before, enc.head.weight)
+    dec = ResFC(cfg.latent_dim, 10, width=cfg.resfc_width, blocks=cfg.resfc_blocks)
+    assert dec(out["z"].detach()).shape == (24, 10)
+
+
+@pytest.fixture
+def fashion_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not (SHARED_DATA / "FashionMNIST").is_dir() and "IBCORE_DATA" not in os.environ:
+        pytest.skip("Fashion-MNIST is not available offline here")
+    if "IBCORE_DATA" not in os.environ:
+        monkeypatch.setenv("IBCORE_DATA", str(SHARED_DATA))
+
+
+def test_smoke_run_writes_results_and_resume_skips(tmp_path: Path, fashion_data: None,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "results"
+    out = runner.run("smoke", device="cpu", results_root=root, progress=False)
+    assert set(out) == {"sweep"}
+    rec = json.loads(out["sweep"].read_text())
+    m = rec["metrics"]
+    cfg = runner.PROFILES["smoke"]
+    assert set(m["models"]) == set(runner.model_specs(cfg))
+    for key, row in m["models"].items():
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+        assert len(row["test_fgsm_accuracy"]) == len(cfg.fgsm_epsilons)
+        if row["kind"] == "ib":
+            assert {"test_accuracy_gmm", "test_accuracy_resfc", "best_epoch"} <= set(row)
+            plane = m["planes"][key]
+            assert plane["epoch"] == list(range(1, cfg.epochs + 1))
+            assert all(math.isfinite(v) for v in plane["test_h_z_nats"])
+        else:
+            assert "test_accuracy_head" in row
+        assert len(m["pca"][key]["coords"]) == cfg.pca_points
+    assert {"margin_best_ib_minus_ce_points", "bar_fgsm_above_ce_met",
+            "bar_both_trajectories_met"} <= set(m["bars"])
+    hist = [h for h in rec["history"] if h["model"] == "ib-b0p2-noise"]
+    assert {"train_loss", "train_h_z_nats", "test_h_y_given_z_bound_nats"} <= set(hist[0])
+    # --resume skips finished models (no training at all) and reproduces the metrics
+    monkeypatch.setattr(runner, "_train", lambda *a, **k: pytest.fail("retrained a model"))
+    again = runner.run("smoke", device="cpu", results_root=root, progress=False, resume=True)
+    assert json.loads(again["sweep"].read_text())["metrics"] == m
+
+
+def test_interrupted_training_resumes_exactly(tmp_path: Path, fashion_data: None,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = dataclasses.replace(runner.PROFILES["smoke"], epochs=2, checkpoint_every_steps=2)
+    spec = runner.ModelSpec("ib", 0.2, True)
+
+    def ctx(root: Path, resume: bool) -> runner._Context:
+        return runner._Context("smoke", cfg, torch.device("cpu"), 0, resume, root, False)
+
+    ref_mods, ref_ev = runner._train(ctx(tmp_path / "a", False), spec, tmp_path / "a")
+    real, calls = runner.entropy_ib_loss, {"n": 0}
+
+    def crash(*args, **kwargs):  # noqa: ANN202
+        calls["n"] += 1
+        if calls["n"] == 7:  # in the second epoch, after a mid-epoch checkpoint
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "entropy_ib_loss", crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        runner._train(ctx(tmp_path / "b", False), spec, tmp_path / "b")
+    monkeypatch.setattr(runner, "entropy_ib_loss", real)
+    mods, ev = runner._train(ctx(tmp_path / "b", True), spec, tmp_path / "b")
+    a, b = ref_mods["encoder"].state_dict(), mods["encoder"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert ev["history"] == ref_ev["history"]
+
+
+def test_source_numbers_file() -> None:
+    src = json.loads((ROOT / "book" / "entropy_ib.source.json").read_text())
+    assert src["cite"] == "kirsch2020cifar"
+    acc = src["results"]
+    for key in ("ib_gmm_accuracy_percent", "ib_resfc_accuracy_percent", "ce_accuracy_percent"):
+        assert 0 < acc[key]["value"] <= 100 and acc[key]["where"]
+    assert src["setup"]["latent_dim"]["value"] == runner.PROFILES["paper"].latent_dim
