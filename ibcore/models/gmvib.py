@@ -2,7 +2,7 @@ r"""Basic, VIB and GMVIB encoder–decoder classifiers of the GMVIB chapter (``g
 
 All three share one trunk and one decoder (an MLP with ``decoder_hidden`` ReLU layers, then a
 linear map to one logit per class); they differ only in the head between them. The trunk is
-optionally a stack of ``conv_channels`` convolutions (3×3, stride 2, batch norm, ReLU) on the
+optionally a stack of ``conv_channels`` convolutions (3×3, stride 2, group norm, ReLU) on the
 square image, then an MLP (``hidden`` ReLU layers) on what they give, flattened; with
 ``conv_channels = ()`` it is the MLP alone on the flattened image. The source gives no
 architecture; the chapter says which one each profile uses. The heads:
@@ -85,8 +85,11 @@ def _mlp(sizes: Sequence[int], generator: torch.Generator | None) -> nn.Sequenti
 def _conv_stack(channels: Sequence[int], generator: torch.Generator | None) -> nn.Sequential:
     layers: list[nn.Module] = []
     for c_in, c_out in zip([1, *channels], channels, strict=False):  # [1, c1, c2, …] → [c1, …]
-        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out),
-                   nn.ReLU()]
+        # group norm, not batch norm: it has no running statistics, so a model evaluated after
+        # a few epochs computes exactly what it was trained to (batch norm's lagging running
+        # statistics made the test accuracy of short runs jump between epochs)
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+                   nn.GroupNorm(math.gcd(8, c_out), c_out), nn.ReLU()]
     stack = nn.Sequential(*layers)
     init_from_generator(generator, stack)
     return stack

@@ -85,6 +85,7 @@ class GMVIBConfig:
     components: int = 10
     hidden: tuple[int, ...] = (1024, 1024)
     conv_channels: tuple[int, ...] = (32, 64, 64)  # the source gives no architecture
+    conv_norm: str = "group"  # normalisation after each convolution (recorded, fingerprinted)
     decoder_hidden: tuple[int, ...] = ()
     train_samples: int = 12
     eval_samples: int = 12
@@ -126,13 +127,17 @@ class GMVIBConfig:
         for kind in self.beta_kinds:
             if kind not in KINDS:
                 raise UnknownNameError(f"unknown model kind {kind!r}; choose from {KINDS}")
+        if self.conv_norm != "group":
+            raise UnknownNameError(
+                f"conv_norm must be 'group' (the only one built), got {self.conv_norm!r}"
+            )
         for h in (*self.hidden, *self.conv_channels, *self.decoder_hidden):
             check_int("layer width", h)
 
     def training_view(self) -> dict[str, Any]:
         """The settings a trained model depends on (its checkpoint fingerprint)."""
         keys = ("train_size", "data_seed", "jitter_x", "latent_dim", "components", "hidden",
-                "conv_channels",
+                "conv_channels", "conv_norm",
                 "decoder_hidden", "train_samples", "alpha_prior", "batch_size", "epochs", "lr",
                 "test_size", "eval_size", "eval_samples")
         return {k: getattr(self, k) for k in keys}
