@@ -376,3 +376,39 @@ def test_source_numbers_file() -> None:
     for key in ("ib_gmm_accuracy_percent", "ib_resfc_accuracy_percent", "ce_accuracy_percent"):
         assert 0 < acc[key]["value"] <= 100 and acc[key]["where"]
     assert src["setup"]["latent_dim"]["value"] == runner.PROFILES["paper"].latent_dim
+
+
+def test_no_noise_model_that_collapses_is_recorded_as_diverged(
+    tmp_path: Path, fashion_data: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without noise the kNN estimate becomes -inf once a class collapses onto duplicate points.
+    # Simulate that on the second step of every no-noise model: the run finishes, the model is
+    # marked diverged in epoch 1 and evaluated with its last finite weights; a model *with*
+    # noise that hits the same error is a bug and must still raise.
+    from ibcore.errors import NonFiniteError
+
+    real = runner.entropy_ib_loss
+    calls: dict[bool, int] = {True: 0, False: 0}
+
+    def collapsing(z_hat, y, beta2, *, noise=True, **kw):
+        calls[noise] += 1
+        if not noise and calls[noise] % 2 == 0:  # each no-noise model: its second step
+            raise NonFiniteError("2 point(s) have their k-th nearest neighbour at distance 0")
+        return real(z_hat, y, beta2, noise=noise, **kw)
+
+    monkeypatch.setattr(runner, "entropy_ib_loss", collapsing)
+    out = runner.run("smoke", device="cpu", results_root=tmp_path / "r1", progress=False)
+    rows = json.loads(out["sweep"].read_text())["metrics"]["models"]
+    for key, row in rows.items():
+        if row["kind"] == "ib" and not row["noise"]:
+            assert row["diverged"]["epoch"] == 1 and row["diverged"]["step"] == 1, key
+            assert "distance 0" in row["diverged"]["reason"]
+        else:
+            assert row["diverged"] is None, key
+
+    def always(z_hat, y, beta2, *, noise=True, **kw):
+        raise NonFiniteError("collapsed")
+
+    monkeypatch.setattr(runner, "entropy_ib_loss", always)
+    with pytest.raises(NonFiniteError, match="collapsed"):
+        runner.run("smoke", device="cpu", results_root=tmp_path / "r2", progress=False)

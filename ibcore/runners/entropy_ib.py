@@ -52,7 +52,13 @@ from ibcore.data import load_tensors, subset, to_unit_float
 from ibcore.data.vision import DATASETS
 from ibcore.decoders import GaussianMixtureDecoder, fit_gaussian_mixture
 from ibcore.device import seed_everything
-from ibcore.errors import CheckpointError, InvalidParameterError, ShapeError, UnknownNameError
+from ibcore.errors import (
+    CheckpointError,
+    InvalidParameterError,
+    NonFiniteError,
+    ShapeError,
+    UnknownNameError,
+)
 from ibcore.estimators.knn_entropy import (
     add_zero_entropy_noise,
     conditional_knn_entropy,
@@ -507,11 +513,30 @@ def _train(ctx: _Context, spec: ModelSpec, folder: Path) -> tuple[dict[str, nn.M
                                     "train": cfg.training_view()}),
         epoch_end_fn=epoch_end, progress=ctx.progress, desc=f"{CHAPTER} {spec.label}",
     )
-    history = trainer.fit(resume=ctx.resume)
+    diverged: dict[str, Any] | None = None
+    try:
+        history = trainer.fit(resume=ctx.resume)
+    except NonFiniteError as exc:
+        # Without the zero-entropy noise nothing stops the objective from collapsing points of
+        # a class onto each other: the kNN estimate is then -inf. That is the ablation's
+        # finding, not a crash: the model keeps the weights of its last finite step and the
+        # record says when training stopped.
+        if spec.kind != "ib" or spec.noise:
+            raise
+        history = trainer.history
+        diverged = {"epoch": len(history) + 1, "step": trainer.global_step, "reason": str(exc)}
     for m in modules.values():
         m.eval()
     return modules, {"history": [dict(r) for r in history],
-                     "train_seconds": trainer.elapsed_seconds}
+                     "train_seconds": trainer.elapsed_seconds, "diverged": diverged}
+
+
+def _entropy_or_none(fn: Any, *args: Any, **kwargs: Any) -> float | None:
+    """``float(fn(...))``, or ``None`` when the kNN estimate is -inf (duplicate latents)."""
+    try:
+        return float(fn(*args, **kwargs))
+    except NonFiniteError:
+        return None
 
 
 def _evaluate(ctx: _Context, spec: ModelSpec, modules: dict[str, nn.Module]) -> dict[str, Any]:
@@ -545,9 +570,10 @@ def _evaluate(ctx: _Context, spec: ModelSpec, modules: dict[str, nn.Module]) -> 
                                          cfg.fgsm_epsilons, device=dev,
                                          transform=to_unit_float)
     zt = add_zero_entropy_noise(z_test, gen) if spec.kind == "ib" and spec.noise else z_test
-    out["test_h_z_nats"] = float(knn_entropy(zt.double(), k=cfg.k))
-    out["test_h_z_given_y_nats"] = float(conditional_knn_entropy(zt.double(), data.test_y,
-                                                                 k=cfg.k))
+    # None: -inf, the latent of a model without noise has collapsed onto duplicate points
+    out["test_h_z_nats"] = _entropy_or_none(knn_entropy, zt.double(), k=cfg.k)
+    out["test_h_z_given_y_nats"] = _entropy_or_none(conditional_knn_entropy, zt.double(),
+                                                    data.test_y, k=cfg.k)
     coords = pca_2d(z_test[: cfg.pca_points])
     out["pca"] = {"coords": [[round(float(a), 4), round(float(b), 4)] for a, b in coords],
                   "labels": data.test_y[: cfg.pca_points].tolist()}
@@ -592,7 +618,8 @@ def _row(spec: ModelSpec, ev: dict[str, Any], cfg: EntropyIBConfig) -> dict[str,
     row: dict[str, Any] = {"label": spec.label, "kind": spec.kind, "beta2": spec.beta2,
                            "noise": spec.noise if spec.kind == "ib" else None,
                            "train_seconds": ev["train_seconds"],
-                           "eval_seconds": ev["eval_seconds"]}
+                           "eval_seconds": ev["eval_seconds"],
+                           "diverged": ev.get("diverged")}
     for key in ("test_accuracy_head", "test_accuracy_gmm", "test_accuracy_resfc",
                 "train_ce_resfc_nats", "test_h_z_nats", "test_h_z_given_y_nats"):
         if key in ev:
