@@ -448,3 +448,19 @@ def test_live_slider_is_a_note_in_headless_builds(monkeypatch) -> None:
     out = live_slider(lambda b: plt.figure(), continuous=(1.0, 10.0))
     assert "run this notebook in Jupyter" in out.data
     assert not plt.get_fignums()
+
+
+def test_epoch_counter_avoids_the_corner_the_trajectories_cross() -> None:
+    from ibcore.plotting.animation import _emptiest_corner, _Run
+
+    def run(x, y):
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        return _Run(label="r", x=x, y=y, epoch=np.arange(1.0, len(x) + 1), best=None,
+                    color_value=None)
+
+    # points crowd the lower right: the counter moves to the lower left
+    crowded = run([0.9, 0.95, 1.0, 0.92], [0.0, 0.05, 0.02, 0.1])
+    assert _emptiest_corner([crowded], (0.0, 1.0), (0.0, 1.0))[:2] == (0.02, 0.03)
+    # nothing near any corner: it stays in the lower right
+    centre = run([0.5, 0.55], [0.5, 0.45])
+    assert _emptiest_corner([centre], (0.0, 1.0), (0.0, 1.0))[:2] == (0.98, 0.03)

@@ -164,6 +164,24 @@ def _timeline(runs: list[_Run], max_frames: int) -> np.ndarray:
     return epochs
 
 
+_CORNERS = ((0.98, 0.03, "right", "bottom"), (0.02, 0.03, "left", "bottom"),
+            (0.98, 0.97, "right", "top"), (0.02, 0.97, "left", "top"))
+
+
+def _emptiest_corner(
+    runs: Sequence[_Run], xlim: tuple[float, float], ylim: tuple[float, float]
+) -> tuple[float, float, str, str]:
+    """The axes corner (lower right first on ties) with the fewest trajectory points near it."""
+    xs = np.concatenate([(r.x - xlim[0]) / (xlim[1] - xlim[0]) for r in runs])
+    ys = np.concatenate([(r.y - ylim[0]) / (ylim[1] - ylim[0]) for r in runs])
+
+    def crowd(corner: tuple[float, float, str, str]) -> int:
+        cx, cy = corner[0], corner[1]
+        return int(((np.abs(xs - cx) < 0.3) & (np.abs(ys - cy) < 0.15)).sum())
+
+    return min(_CORNERS, key=crowd)
+
+
 def _fmt_epoch(e: float) -> str:
     return str(int(e)) if float(e).is_integer() else f"{e:g}"
 
@@ -198,8 +216,12 @@ class _InfoPlane:
         ax.set_ylabel(ylabel)
         if title:
             ax.set_title(title, loc="left")
-        # the epoch counter sits inside the axes (lower right), clear of a long title
-        self.epoch_title = ax.text(0.98, 0.03, "", transform=ax.transAxes, ha="right", va="bottom")
+        # the epoch counter sits inside the axes, clear of a long title, in the corner that the
+        # trajectories cross least, on a light box so that it stays readable over a line
+        x, y, ha, va = _emptiest_corner(runs, ax.get_xlim(), ax.get_ylim())
+        self.epoch_title = ax.text(x, y, "", transform=ax.transAxes, ha=ha, va=va,
+                                   bbox={"facecolor": "white", "edgecolor": "none",
+                                         "alpha": 0.75, "pad": 1.5})
 
         handles: list[Any] = []
         if reference is not None:
