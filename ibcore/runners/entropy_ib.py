@@ -64,6 +64,7 @@ from ibcore.estimators.knn_entropy import (
     conditional_knn_entropy,
     knn_entropy,
 )
+from ibcore.models.init import init_from_generator
 from ibcore.models.resnet import ResFC, ResNetEncoder
 from ibcore.objectives.entropy_ib import check_beta2, entropy_ib_loss
 from ibcore.profiles import as_dict
@@ -446,10 +447,7 @@ def _build(cfg: EntropyIBConfig, data: _Data, spec: ModelSpec, gen: torch.Genera
     if spec.kind != "ib":
         p = cfg.dropout if spec.kind == "ce_dropout" else 0.0
         head = nn.Linear(cfg.latent_dim, data.classes)
-        with torch.no_grad():
-            bound = 1.0 / math.sqrt(cfg.latent_dim)
-            head.weight.copy_((torch.rand(head.weight.shape, generator=gen) * 2 - 1) * bound)
-            head.bias.copy_((torch.rand(head.bias.shape, generator=gen) * 2 - 1) * bound)
+        init_from_generator(gen, head)
         modules["head"] = nn.Sequential(nn.Dropout(p), head)
     return modules
 
