@@ -151,7 +151,7 @@ PROFILES: dict[str, GMVIBConfig] = {
         hidden=(64,), conv_channels=(4, 8), train_samples=2, eval_samples=2, batch_size=100, epochs=1,
         checkpoint_every_steps=1, replicates=2, weights_shown=4, projection_points=50,
     ),
-    "cpu": dataclasses.replace(_CPU, epochs=3, checkpoint_every_steps=1000),
+    "cpu": dataclasses.replace(_CPU, epochs=5, checkpoint_every_steps=1000),
     "paper": dataclasses.replace(
         _CPU, train_size=48000, test_size=12000, eval_size=2000, epochs=50, lr=1e-4,
         checkpoint_every_steps=200, projection_points=1000,

@@ -138,17 +138,17 @@ class NCVAEConfig:
     batch_size: int = 8
     # schedule: an "epoch" is steps_per_epoch steps (0: the non-overlapping crops of the set)
     steps_per_epoch: int = 50
-    epochs: int = 10
+    epochs: int = 40
     lr: float = 5e-4
     lr_decay: float = 0.5
-    lr_decay_every: int = 4
+    lr_decay_every: int = 12
     grad_clip: float = 5.0
     warm_start: bool = True
-    trunk_epochs: int = 100
+    trunk_epochs: int = 300
     trunk_lr: float = 2e-3
     trunk_rate_weight: float = 450.0
     # models
-    rate_weights: tuple[float, ...] = (5000.0, 1500.0, 450.0, 130.0, 40.0)
+    rate_weights: tuple[float, ...] = (5000.0, 1500.0, 450.0, 130.0, 40.0, 12.0)
     sweep_noise_std: float = 0.01
     ablation_rate_weight: float = 450.0
     ablation_noise_stds: tuple[float, ...] = (0.0, 0.01, 0.1, 0.3)
