@@ -372,6 +372,22 @@ def test_frames_follow_common_epoch_timeline():
     np.testing.assert_allclose(plane.heads[1].get_xydata(), [[1.5, 0.3]])
 
 
+def test_frame_unit_names_the_counter_and_the_legend():
+    plane = _build(
+        two_runs(), xlabel="x", ylabel="y", title=None, reference=None, reference_label=None,
+        mark_best=lambda t: 0, color_label="β", xlim=None, ylim=None, figsize=(2, 2), dpi=30,
+        frame_unit="step",
+    )
+    plane.show(2.0)
+    assert plane.epoch_title.get_text() == "step 2"
+    legend = {t.get_text() for t in plane.fig.legends[0].get_texts()}
+    assert {"final step", "best step"} <= legend and "final epoch" not in legend
+    with pytest.raises(InvalidParameterError, match="frame_unit"):
+        _build(two_runs(), xlabel="x", ylabel="y", title=None, reference=None,
+               reference_label=None, mark_best=None, color_label="β", xlim=None, ylim=None,
+               figsize=(2, 2), dpi=30, frame_unit=" ")
+
+
 def test_color_values_give_log_colorbar_over_two_decades():
     def runs(betas):
         return {f"β={b}": {"x": [0.0, b], "y": [0.0, 1.0], "color_value": b} for b in betas}

@@ -6,10 +6,10 @@
     python -m ibcore.codec decode OUT.ibc OUT.png [--model q3]  # default: the model named in the file
     python -m ibcore.codec info OUT.ibc                         # print the header
 
-``--model`` is a shipped name (``q1`` = lowest rate … ``q5``, listed in ``models/ncvae/
-manifest.json``) or the path of a model file. Without ``--model``, ``decode`` looks the file's
+``--model`` is a shipped name (``q1`` = lowest rate, then rising; all are listed in
+``models/ncvae/manifest.json``) or the path of a model file. Without ``--model``, ``decode`` looks the file's
 model id up among the shipped models. Add ``--train`` to train a missing shipped model (the
-``cpu`` profile's trunk and that model; minutes). Errors (a missing, truncated, corrupted or
+``cpu`` profile's trunk and that model; about half an hour on one core). Errors (a missing, truncated, corrupted or
 foreign file, an unknown model) print one line and exit with status 2.
 """
 
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--models-dir", type=Path, default=None,
                        help="folder of shipped models (default: models/ncvae of the checkout)")
         p.add_argument("--train", action="store_true",
-                       help="train a shipped model that is missing (cpu profile; minutes)")
+                       help="train a shipped model that is missing (cpu profile; about half an hour)")
     return parser
 
 

@@ -203,8 +203,10 @@ class _InfoPlane:
         ylim: tuple[float, float] | None,
         figsize: tuple[float, float],
         dpi: float,
+        frame_unit: str = "epoch",
     ) -> None:
         self.runs = runs
+        self.frame_unit = frame_unit
         self.fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
         ax = self.fig.add_subplot()
         self.ax = ax
@@ -254,12 +256,12 @@ class _InfoPlane:
             handles.extend(self.lines)
         handles.append(
             Line2D([], [], marker="o", linestyle="none", markerfacecolor="none",
-                   markeredgecolor="0.2", markersize=9, label="final epoch")
+                   markeredgecolor="0.2", markersize=9, label=f"final {frame_unit}")
         )
         if any(r.best is not None for r in runs):
             handles.append(
                 Line2D([], [], marker="s", linestyle="none", markerfacecolor="none",
-                       markeredgecolor="0.2", markersize=8, label="best epoch")
+                       markeredgecolor="0.2", markersize=8, label=f"best {frame_unit}")
             )
         # Outside the axes, so its position never depends on the frame's data.
         self.fig.legend(handles=handles, loc="outside right upper")
@@ -300,7 +302,7 @@ class _InfoPlane:
             final.set_visible(m == run.x.size)
             if best is not None:
                 best.set_visible(run.best is not None and run.best < m)
-        self.epoch_title.set_text(f"epoch {_fmt_epoch(cutoff)}")
+        self.epoch_title.set_text(f"{self.frame_unit} {_fmt_epoch(cutoff)}")
         return [*self.lines, *self.heads, *self.finals, *[b for b in self.bests if b is not None]]
 
 
@@ -318,6 +320,7 @@ def _build(
     ylim: tuple[float, float] | None,
     figsize: tuple[float, float],
     dpi: float,
+    frame_unit: str = "epoch",
 ) -> _InfoPlane:
     runs = _validate_runs(trajectories, mark_best)
     ref = None
@@ -334,10 +337,12 @@ def _build(
                 f"reference has {ref[0].size} x values but {ref[1].size} y values"
             )
     dpi = check_weight("dpi", dpi, low=0.0, low_inclusive=False)
+    if not isinstance(frame_unit, str) or not frame_unit.strip():
+        raise InvalidParameterError(f"frame_unit must be a non-empty string, got {frame_unit!r}")
     return _InfoPlane(
         runs, xlabel=xlabel, ylabel=ylabel, title=title, reference=ref,
         reference_label=reference_label, color_label=color_label, xlim=xlim, ylim=ylim,
-        figsize=figsize, dpi=dpi,
+        figsize=figsize, dpi=dpi, frame_unit=frame_unit,
     )
 
 
@@ -378,6 +383,7 @@ def info_plane_animation(
     ylim: tuple[float, float] | None = None,
     figsize: tuple[float, float] = (7.2, 4.6),
     dpi: float = 100.0,
+    frame_unit: str = "epoch",
 ) -> Any:
     """Animate information-plane trajectories; return a self-contained ``IPython.display.HTML``.
 
@@ -387,7 +393,9 @@ def info_plane_animation(
     labelled ``color_label``, log-scaled when the values span ≥ 2 decades). Other keys are
     allowed and passed on, with the whole mapping, to ``mark_best(traj) -> index | None``,
     which selects the epoch marked by a square. ``reference=(xs, ys)`` is drawn dashed.
-    Axes limits are fixed over the animation; the figure is closed before returning.
+    ``frame_unit`` names what the ``"epoch"`` values count (``"epoch"``, ``"step"``…) in the
+    frame counter and the legend. Axes limits are fixed over the animation; the figure is
+    closed before returning.
     """
     from IPython.display import HTML
 
@@ -397,7 +405,7 @@ def info_plane_animation(
         plane = _build(
             trajectories, xlabel=xlabel, ylabel=ylabel, title=title, reference=reference,
             reference_label=reference_label, mark_best=mark_best, color_label=color_label,
-            xlim=xlim, ylim=ylim, figsize=figsize, dpi=dpi,
+            xlim=xlim, ylim=ylim, figsize=figsize, dpi=dpi, frame_unit=frame_unit,
         )
         cutoffs = _timeline(plane.runs, max_frames)
         fig = plane.fig
@@ -444,6 +452,7 @@ def info_plane_figure(
     ylim: tuple[float, float] | None = None,
     figsize: tuple[float, float] = (7.2, 4.6),
     dpi: float = 100.0,
+    frame_unit: str = "epoch",
 ) -> Figure:
     """The last frame of :func:`info_plane_animation` as a Figure (for print/PDF).
 
@@ -454,7 +463,7 @@ def info_plane_figure(
         plane = _build(
             trajectories, xlabel=xlabel, ylabel=ylabel, title=title, reference=reference,
             reference_label=reference_label, mark_best=mark_best, color_label=color_label,
-            xlim=xlim, ylim=ylim, figsize=figsize, dpi=dpi,
+            xlim=xlim, ylim=ylim, figsize=figsize, dpi=dpi, frame_unit=frame_unit,
         )
         plane.show(float(max(float(r.epoch[-1]) for r in plane.runs)))
     return plane.fig
