@@ -1,4 +1,9 @@
-"""Command line: ``python -m ibcore run <chapter> --profile cpu [--device auto] [--seed N] [--resume]``."""
+"""Command line: ``python -m ibcore run <chapter> --profile cpu [--device auto] [--seed N] [--resume]``.
+
+``--experiment NAME`` (repeatable) runs only the named experiments of the chapter (default: all,
+see ``python -m ibcore list``). Two processes may run different experiments of one chapter at
+the same time only if they train no model in common.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--results-root", type=Path, default=None,
                      help="where result files go (default: results/ of the checkout)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--experiment", action="append", dest="experiments", metavar="NAME",
+                     help="run only this experiment (repeatable; default: all of the chapter's)")
     sub.add_parser("list", help="list chapters, their experiments and profiles")
     return parser
 
@@ -41,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"profiles {', '.join(runner.PROFILES)}")
             return 0
         runner = get_runner(args.chapter)
+        experiments = tuple(dict.fromkeys(args.experiments or runner.EXPERIMENTS))
         written = runner.run(
             args.profile,
             device=args.device,
@@ -48,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resume=args.resume,
             results_root=args.results_root,
             progress=not args.no_progress,
+            experiments=experiments,
         )
     except IBCoreError as exc:
         print(f"error: {exc}", file=sys.stderr)

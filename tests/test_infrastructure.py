@@ -80,6 +80,31 @@ def test_cli_rejects_unknown_chapter_and_profile(capsys) -> None:
         main(["run", "foundations", "--profile", "huge"])
 
 
+def test_cli_experiment_selects_a_subset(capsys, monkeypatch, tmp_path: Path) -> None:
+    import types
+
+    import ibcore.cli as cli
+
+    calls: list[tuple[str, ...]] = []
+
+    def fake_run(profile, *, experiments, **kw):
+        calls.append(tuple(experiments))
+        return {e: tmp_path / f"{e}.json" for e in experiments}
+
+    fake = types.SimpleNamespace(EXPERIMENTS=("a", "b", "c"), PROFILES={}, run=fake_run)
+    monkeypatch.setattr(cli, "get_runner", lambda name: fake)
+    assert main(["run", "gmvib", "--experiment", "c", "--experiment", "a",
+                 "--experiment", "c"]) == 0
+    assert main(["run", "gmvib"]) == 0
+    assert calls == [("c", "a"), ("a", "b", "c")]
+    assert "c: " in capsys.readouterr().out
+
+
+def test_cli_unknown_experiment_is_a_clear_error(capsys) -> None:
+    assert main(["run", "foundations", "--experiment", "nope"]) == 2
+    assert "unknown experiment 'nope'" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "MNIST").is_dir(), reason="shared MNIST copy not present")
 def test_mnist_loads_as_tensors() -> None:
     x, y = load_tensors("mnist", "test", SHARED_DATA)
