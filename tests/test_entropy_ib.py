@@ -131,7 +131,7 @@ def test_tiny_training_run_lowers_the_loss() -> None:
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        losses.append(float(out["loss"]))
+        losses.append(out["loss"].item())
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
 
 
@@ -198,7 +198,7 @@ def test_gmm_log_likelihood_matches_scipy() -> None:
         cov = torch.cov(zc[c].T, correction=0) + ridge * scale * torch.eye(2, dtype=torch.float64)
         ref.append(multivariate_normal(zc[c].mean(0).numpy(), cov.numpy()).logpdf(pts.numpy())
                    + math.log(0.5))
-    ref_t = torch.tensor(ref).T
+    ref_t = torch.stack([torch.from_numpy(r) for r in ref]).T
     ref_post = ref_t - torch.logsumexp(ref_t, dim=1, keepdim=True)
     assert torch.allclose(lp, ref_post, atol=1e-9)
 
