@@ -7,10 +7,11 @@
     python -m ibcore.codec info OUT.ibc                         # print the header
 
 ``--model`` is a shipped name (``q1`` = lowest rate, then rising; all are listed in
-``models/ncvae/manifest.json``) or the path of a model file. Without ``--model``, ``decode`` looks the file's
-model id up among the shipped models. Add ``--train`` to train a missing shipped model (the
-``cpu`` profile's trunk and that model; about half an hour on one core). Errors (a missing, truncated, corrupted or
-foreign file, an unknown model) print one line and exit with status 2.
+``models/ncvae/manifest.json``) or the path of a model file. Without ``--model``, ``decode``
+looks the file's model id up among the shipped models. Add ``--train`` to train a missing
+shipped model (the ``cpu`` profile's trunk and that model: about 35 minutes on one core).
+Errors (a missing, truncated, corrupted or foreign file, an unknown model) print one line and
+exit with status 2.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--models-dir", type=Path, default=None,
                        help="folder of shipped models (default: models/ncvae of the checkout)")
         p.add_argument("--train", action="store_true",
-                       help="train a shipped model that is missing (cpu profile; about half an hour)")
+                       help="train a shipped model that is missing (cpu profile; about 35 min)")
     return parser
 
 
