@@ -1,6 +1,6 @@
 """Subprocess used by test_training.py: trains a tiny stochastic model, optionally SIGKILLs itself.
 
-Usage: python resume_worker.py CKPT OUT.pt [--kill-at STEP] [--resume]
+Usage: python resume_worker.py CKPT OUT.pt [--kill-at STEP] [--resume] [--schedule KIND]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ibcore.schedules import Schedule
 from ibcore.training import Trainer
 
 
@@ -22,6 +23,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--kill-at", type=int, default=-1)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--schedule", default=None, help="a per-step schedule kind")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -44,7 +46,9 @@ def main() -> None:
     trainer = Trainer({"model": model}, opt, (x, y), loss_fn=loss_fn, batch_size=16, epochs=4,
                       seed=3, device=torch.device("cpu"), checkpoint_path=args.ckpt,
                       checkpoint_every_steps=2, fingerprint="worker", epoch_end_fn=epoch_end,
-                      progress=False)
+                      progress=False,
+                      schedule=Schedule(args.schedule, peak_lr=3e-2, warmup_fraction=0.25)
+                      if args.schedule else None)
     if args.kill_at >= 0:
         original = trainer._standard_step
 
