@@ -1,8 +1,12 @@
 """Command line: ``python -m ibcore run <chapter> --profile cpu [--device auto] [--seed N] [--resume]``.
 
 ``--experiment NAME`` (repeatable) runs only the named experiments of the chapter (default: all,
-see ``python -m ibcore list``). Two processes may run different experiments of one chapter at
-the same time only if they train no model in common.
+see ``python -m ibcore list``).
+
+The models of the chosen experiments are independent tasks (:mod:`ibcore.tasks`):
+``--workers N`` trains them on N local processes, ``--launcher ray`` on a Ray cluster
+(``--ray-address``), ``--launcher slurm`` as Slurm jobs (``--partition``, ``--time-minutes``,
+``--gpus-per-task``). Whichever runs them, the result files hold the same numbers.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 from ibcore.device import DEVICE_CHOICES
 from ibcore.errors import IBCoreError
+from ibcore.launchers import LAUNCHERS, make_launcher
 from ibcore.profiles import PROFILE_NAMES
 from ibcore.runners import RUNNERS, get_runner
 
@@ -34,6 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--experiment", action="append", dest="experiments", metavar="NAME",
                      help="run only this experiment (repeatable; default: all of the chapter's)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="local worker processes for the models (default 1: one after another)")
+    run.add_argument("--launcher", choices=LAUNCHERS, default=None,
+                     help="where the models train: local (default), ray or slurm")
+    run.add_argument("--ray-address", default=None,
+                     help="address of a running Ray cluster (default: start a local Ray)")
+    run.add_argument("--slurm-folder", type=Path, default=None,
+                     help="submitit's folder for job scripts and logs (default runs/slurm)")
+    run.add_argument("--partition", default=None, help="Slurm partition")
+    run.add_argument("--time-minutes", type=int, default=240, help="Slurm time limit per model")
+    run.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per model (Ray, Slurm)")
+    run.add_argument("--cpus-per-task", type=int, default=1, help="CPUs per model (Ray, Slurm)")
     sub.add_parser("list", help="list chapters, their experiments and profiles")
     return parser
 
@@ -49,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         runner = get_runner(args.chapter)
         experiments = tuple(dict.fromkeys(args.experiments or runner.EXPERIMENTS))
+        launcher = make_launcher(args.launcher, workers=args.workers,
+                                 ray_address=args.ray_address, slurm_folder=args.slurm_folder,
+                                 partition=args.partition, time_minutes=args.time_minutes,
+                                 gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task)
         written = runner.run(
             args.profile,
             device=args.device,
@@ -57,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results_root=args.results_root,
             progress=not args.no_progress,
             experiments=experiments,
+            launcher=launcher,
         )
     except IBCoreError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ from ibcore.estimators.knn_entropy import (
 from ibcore.models.resnet import ResFC, ResNetEncoder, resnet18_encoder
 from ibcore.objectives.entropy_ib import check_beta2, entropy_ib_loss
 from ibcore.runners import entropy_ib as runner
+from ibcore.tasks import TaskFailedError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROOT = Path(__file__).resolve().parents[1]
@@ -410,5 +411,6 @@ def test_no_noise_model_that_collapses_is_recorded_as_diverged(
         raise NonFiniteError("collapsed")
 
     monkeypatch.setattr(runner, "entropy_ib_loss", always)
-    with pytest.raises(NonFiniteError, match="collapsed"):
+    # a model with the noise must not collapse: its task fails (and the sweep is not assembled)
+    with pytest.raises(TaskFailedError, match="NonFiniteError: collapsed"):
         runner.run("smoke", device="cpu", results_root=tmp_path / "r2", progress=False)

@@ -1,8 +1,10 @@
 """One runner per chapter. Each runner module defines ``CHAPTER``, ``EXPERIMENTS``, a mapping
-``PROFILES`` of frozen dataclass settings (``smoke``, ``cpu``, ``paper``) and
+``PROFILES`` of frozen dataclass settings (``smoke``, ``cpu``, ``paper``), the task protocol of
+:mod:`ibcore.tasks` (``make_context``, ``plan``, ``run_task``, ``assemble``) and
 
 ``run(profile="smoke", *, device="auto", seed=0, resume=False, results_root=None,
-progress=True) -> dict[str, Path]`` (experiment name → result file written).
+progress=True, experiments=EXPERIMENTS, launcher=None) -> dict[str, Path]`` (experiment name →
+result file written), which hands the plan to :func:`ibcore.tasks.run_experiments`.
 """
 
 from __future__ import annotations

@@ -70,6 +70,7 @@ from ibcore.objectives.entropy_ib import check_beta2, entropy_ib_loss
 from ibcore.profiles import as_dict
 from ibcore.projection import pca_2d
 from ibcore.runners.context import RunContext, prepare_run
+from ibcore.tasks import Task, run_experiments
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
 
@@ -714,6 +715,24 @@ def _run_sweep(ctx: _Context) -> Path:
     return rec.path
 
 
+def make_context(**run_args: Any) -> _Context:
+    """The run's context (the runner protocol of :mod:`ibcore.tasks`)."""
+    return prepare_run(_Context, PROFILES, EXPERIMENTS, **run_args)
+
+
+def plan(ctx: _Context, experiments: Sequence[str]) -> list[Task]:
+    """One task per model of the sweep."""
+    return [Task(key, tuple(experiments), spec) for key, spec in model_specs(ctx.config).items()]
+
+
+def run_task(ctx: _Context, task: Task) -> None:
+    _model_evals(ctx, task.spec)
+
+
+def assemble(ctx: _Context, experiment: str) -> Path:
+    return _run_sweep(ctx)
+
+
 def run(
     profile: str = "smoke",
     *,
@@ -725,14 +744,14 @@ def run(
     experiments: Sequence[str] = EXPERIMENTS,
     data_root: Path | None = None,
     verify_checksums: bool = True,
+    launcher: Any = None,
 ) -> dict[str, Path]:
     """Run the chapter's experiments at ``profile``; return ``{experiment: result file}``.
 
-    ``data_root`` / ``verify_checksums=False`` let tests run on a CIFAR-10 stand-in.
+    ``data_root`` / ``verify_checksums=False`` let tests run on a CIFAR-10 stand-in;
+    ``launcher`` (see :mod:`ibcore.launchers`) runs the models; default: one after another here.
     """
-    ctx = prepare_run(
-        _Context, PROFILES, EXPERIMENTS, profile=profile, experiments=experiments,
-        device=device, seed=seed, resume=resume, results_root=results_root,
-        progress=progress, data_root=data_root, verify_checksums=verify_checksums,
-    )
-    return {name: _run_sweep(ctx) for name in experiments}
+    return run_experiments(CHAPTER, launcher=launcher, profile=profile, device=device, seed=seed,
+                           resume=resume, results_root=results_root, progress=progress,
+                           experiments=experiments, data_root=data_root,
+                           verify_checksums=verify_checksums)

@@ -67,6 +67,7 @@ from ibcore.estimators.mi_bounds import (
 )
 from ibcore.results import RunRecorder
 from ibcore.runners.context import RunContext, prepare_run
+from ibcore.tasks import Task, run_experiments, written_result
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
 
@@ -818,6 +819,26 @@ _EXPERIMENT_FNS: dict[str, Callable[[_Context], Path]] = {
 }
 
 
+def make_context(**run_args: Any) -> _Context:
+    """The run's context (the runner protocol of :mod:`ibcore.tasks`)."""
+    return prepare_run(_Context, PROFILES, EXPERIMENTS, **run_args)
+
+
+def plan(ctx: _Context, experiments: Sequence[str]) -> list[Task]:
+    """One task for all the chosen experiments: they share models and run in one process."""
+    return [Task("all", tuple(experiments))]
+
+
+def run_task(ctx: _Context, task: Task) -> None:
+    for experiment in task.experiments:
+        _EXPERIMENT_FNS[experiment](ctx)
+
+
+def assemble(ctx: _Context, experiment: str) -> Path:
+    """The result file its task wrote."""
+    return written_result(ctx.recorder(experiment))
+
+
 def run(
     profile: str = "smoke",
     *,
@@ -827,13 +848,13 @@ def run(
     results_root: Path | None = None,
     progress: bool = True,
     experiments: Sequence[str] = EXPERIMENTS,
+    launcher: Any = None,
 ) -> dict[str, Path]:
     """Run the chapter's experiments at ``profile``; return ``{experiment: result file}``.
 
     ``experiments`` selects a subset (default: all of :data:`EXPERIMENTS`).
+    ``launcher`` (see :mod:`ibcore.launchers`) says where they run; default: here.
     """
-    ctx = prepare_run(
-        _Context, PROFILES, EXPERIMENTS, profile=profile, experiments=experiments,
-        device=device, seed=seed, resume=resume, results_root=results_root, progress=progress,
-    )
-    return {name: _EXPERIMENT_FNS[name](ctx) for name in experiments}
+    return run_experiments(CHAPTER, launcher=launcher, profile=profile, device=device, seed=seed,
+                           resume=resume, results_root=results_root, progress=progress,
+                           experiments=experiments)

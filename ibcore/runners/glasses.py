@@ -52,7 +52,7 @@ import io
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -80,6 +80,7 @@ from ibcore.models.autoencoders import (
 from ibcore.objectives.bibae import lagrangian
 from ibcore.results import read_artifact
 from ibcore.runners.context import RunContext, prepare_run
+from ibcore.tasks import Task, run_experiments
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
 
@@ -806,6 +807,13 @@ def _stable_seed(*parts: Any) -> int:
 class _Context(RunContext):
     chapter: ClassVar[str] = CHAPTER
 
+    data: dict[str, _Data] = field(default_factory=dict)
+
+    def get_data(self, dataset: str) -> _Data:
+        if dataset not in self.data:
+            self.data[dataset] = _load_data(dataset, self.config, self.seed)
+        return self.data[dataset]
+
 
 def _load_data(dataset: str, config: GlassesConfig, seed: int) -> _Data:
     x_train, y_train = load_tensors(dataset, "train")
@@ -887,7 +895,7 @@ def _train_and_measure(
         "pictures": pictures,
     }
     save_checkpoint(done_path, result, fingerprint=fingerprint)
-    return result
+    return {**result, "_fresh": True}
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
@@ -923,7 +931,7 @@ def load_images_artifact(result_path: Path, metrics: Mapping[str, Any],
 
 def _run_experiment(ctx: _Context, experiment: str) -> Path:
     cfg = ctx.config
-    data = _load_data(experiment, cfg, ctx.seed)
+    data = ctx.get_data(experiment)
     entries = zoo(cfg, experiment)
     with ctx.recorder(experiment) as rec:
         models: dict[str, Any] = {}
@@ -932,6 +940,9 @@ def _run_experiment(ctx: _Context, experiment: str) -> Path:
         rows, row_names = [_tile_row(fixed)], ["originals"]
         for entry in entries:
             result = _train_and_measure(ctx, experiment, entry, data)
+            if not result.pop("_fresh", False):  # trained earlier (another process, or resumed)
+                rec.add_elapsed(result["measured"]["train_seconds"]
+                                + result["measured"]["measure_seconds"])
             rec.history.extend(result["history"])
             models[entry.name] = result["measured"]
             novelty[entry.name] = result["novelty"]
@@ -956,6 +967,26 @@ def _run_experiment(ctx: _Context, experiment: str) -> Path:
     return rec.path
 
 
+def make_context(**run_args: Any) -> _Context:
+    """The run's context (the runner protocol of :mod:`ibcore.tasks`)."""
+    return prepare_run(_Context, PROFILES, EXPERIMENTS, **run_args)
+
+
+def plan(ctx: _Context, experiments: Sequence[str]) -> list[Task]:
+    """One task per model of each experiment's zoo."""
+    return [Task(f"{name}/{entry.name}", (name,), (name, entry))
+            for name in experiments for entry in zoo(ctx.config, name)]
+
+
+def run_task(ctx: _Context, task: Task) -> None:
+    experiment, entry = task.spec
+    _train_and_measure(ctx, experiment, entry, ctx.get_data(experiment))
+
+
+def assemble(ctx: _Context, experiment: str) -> Path:
+    return _run_experiment(ctx, experiment)
+
+
 def run(
     profile: str = "smoke",
     *,
@@ -965,14 +996,13 @@ def run(
     results_root: Path | None = None,
     progress: bool = True,
     experiments: Sequence[str] = EXPERIMENTS,
+    launcher: Any = None,
 ) -> dict[str, Path]:
     """Run the chapter's experiments at ``profile``; return ``{experiment: result file}``.
 
-    ``experiments`` selects a subset (default: both datasets).
+    ``experiments`` selects a subset (default: both datasets); ``launcher`` (see
+    :mod:`ibcore.launchers`) runs the models; default: one after another here.
     """
-    ctx = prepare_run(
-        _Context, PROFILES, EXPERIMENTS, profile=profile, experiments=experiments,
-        device=device, seed=seed, resume=resume, results_root=results_root,
-        progress=progress,
-    )
-    return {name: _run_experiment(ctx, name) for name in experiments}
+    return run_experiments(CHAPTER, launcher=launcher, profile=profile, device=device, seed=seed,
+                           resume=resume, results_root=results_root, progress=progress,
+                           experiments=experiments)

@@ -48,6 +48,7 @@ from ibcore.profiles import as_dict
 from ibcore.projection import pca_2d
 from ibcore.results import default_results_root
 from ibcore.runners.context import RunContext, prepare_run
+from ibcore.tasks import Task, run_experiments
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
 
@@ -506,6 +507,28 @@ def _run_beta(ctx: _Context) -> Path:
     return rec.path
 
 
+def make_context(**run_args: Any) -> _Context:
+    """The run's context (the runner protocol of :mod:`ibcore.tasks`)."""
+    return prepare_run(_Context, PROFILES, EXPERIMENTS, **run_args)
+
+
+def plan(ctx: _Context, experiments: Sequence[str]) -> list[Task]:
+    """One task per model; a model two experiments share is listed once."""
+    users: dict[ModelSpec, list[str]] = {}
+    for name in experiments:
+        for spec in experiment_specs(ctx.config, name):
+            users.setdefault(spec, []).append(name)
+    return [Task(spec.key, tuple(names), spec) for spec, names in users.items()]
+
+
+def run_task(ctx: _Context, task: Task) -> None:
+    _train_and_evaluate(ctx, task.spec)
+
+
+def assemble(ctx: _Context, experiment: str) -> Path:
+    return {"table1": _run_table1, "beta": _run_beta}[experiment](ctx)
+
+
 def run(
     profile: str = "smoke",
     *,
@@ -515,11 +538,12 @@ def run(
     results_root: Path | None = None,
     progress: bool = True,
     experiments: Sequence[str] = EXPERIMENTS,
+    launcher: Any = None,
 ) -> dict[str, Path]:
-    """Run the chapter's experiments at ``profile``; return ``{experiment: result file}``."""
-    ctx = prepare_run(
-        _Context, PROFILES, EXPERIMENTS, profile=profile, experiments=experiments,
-        device=device, seed=seed, resume=resume, results_root=results_root, progress=progress,
-    )
-    fns = {"table1": _run_table1, "beta": _run_beta}
-    return {name: fns[name](ctx) for name in experiments}
+    """Run the chapter's experiments at ``profile``; return ``{experiment: result file}``.
+
+    ``launcher`` (see :mod:`ibcore.launchers`) runs the models; default: one after another here.
+    """
+    return run_experiments(CHAPTER, launcher=launcher, profile=profile, device=device, seed=seed,
+                           resume=resume, results_root=results_root, progress=progress,
+                           experiments=experiments)

@@ -89,6 +89,7 @@ from ibcore.profiles import as_dict
 from ibcore.projection import pca_2d
 from ibcore.results import RunRecorder, read_artifact
 from ibcore.runners.context import RunContext, prepare_run
+from ibcore.tasks import Task, run_experiments
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
 
@@ -932,6 +933,30 @@ _EXPERIMENT_FNS: dict[str, Callable[[_Context], Path]] = {
 }
 
 
+def make_context(**run_args: Any) -> _Context:
+    """The run's context (the runner protocol of :mod:`ibcore.tasks`)."""
+    return prepare_run(_Context, PROFILES, EXPERIMENTS, **run_args)
+
+
+def plan(ctx: _Context, experiments: Sequence[str]) -> list[Task]:
+    """One task per encoder; an encoder several experiments share is listed once and evaluated
+    for what all of them need."""
+    users: dict[str, tuple[ModelSpec, list[str]]] = {}
+    for name in experiments:
+        for spec in experiment_specs(ctx.config, name).values():
+            users.setdefault(spec.key, (spec, []))[1].append(name)
+    return [Task(key, tuple(names), spec) for key, (spec, names) in users.items()]
+
+
+def run_task(ctx: _Context, task: Task) -> None:
+    needs = list(dict.fromkeys(n for e in task.experiments for n in _NEEDS[e]))
+    ctx.model(task.spec).evaluate(needs)
+
+
+def assemble(ctx: _Context, experiment: str) -> Path:
+    return _EXPERIMENT_FNS[experiment](ctx)
+
+
 def run(
     profile: str = "smoke",
     *,
@@ -941,17 +966,16 @@ def run(
     results_root: Path | None = None,
     progress: bool = True,
     experiments: Sequence[str] = EXPERIMENTS,
+    launcher: Any = None,
 ) -> dict[str, Path]:
     """Run the chapter's experiments at ``profile``; return ``{experiment: result file}``.
 
-    ``experiments`` selects a subset (default: all of :data:`EXPERIMENTS`).
+    ``experiments`` selects a subset (default: all of :data:`EXPERIMENTS`); ``launcher`` (see
+    :mod:`ibcore.launchers`) runs the encoders; default: one after another here.
     """
-    ctx = prepare_run(
-        _Context, PROFILES, EXPERIMENTS, profile=profile, experiments=experiments,
-        device=device, seed=seed, resume=resume, results_root=results_root,
-        progress=progress,
-    )
-    return {name: _EXPERIMENT_FNS[name](ctx) for name in experiments}
+    return run_experiments(CHAPTER, launcher=launcher, profile=profile, device=device, seed=seed,
+                           resume=resume, results_root=results_root, progress=progress,
+                           experiments=experiments)
 
 
 def load_pca_artifact(result_path: Path, artifact: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:

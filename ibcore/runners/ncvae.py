@@ -84,6 +84,7 @@ from ibcore.models.ncvae import (
 from ibcore.profiles import select
 from ibcore.results import read_artifact, repo_root
 from ibcore.runners.context import RunContext, prepare_run
+from ibcore.tasks import Task, run_experiments, written_result
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
 
@@ -803,6 +804,26 @@ _EXPERIMENT_FNS: dict[str, Callable[[_Context], Path]] = {
 }
 
 
+def make_context(**run_args: Any) -> _Context:
+    """The run's context (the runner protocol of :mod:`ibcore.tasks`)."""
+    return prepare_run(_Context, PROFILES, EXPERIMENTS, **run_args)
+
+
+def plan(ctx: _Context, experiments: Sequence[str]) -> list[Task]:
+    """One task for all the chosen experiments: they share models and run in one process."""
+    return [Task("all", tuple(experiments))]
+
+
+def run_task(ctx: _Context, task: Task) -> None:
+    for experiment in task.experiments:
+        _EXPERIMENT_FNS[experiment](ctx)
+
+
+def assemble(ctx: _Context, experiment: str) -> Path:
+    """The result file its task wrote."""
+    return written_result(ctx.recorder(experiment))
+
+
 def run(
     profile: str = "smoke",
     *,
@@ -813,18 +834,16 @@ def run(
     progress: bool = True,
     experiments: Sequence[str] = EXPERIMENTS,
     data_root: Path | None = None,
+    launcher: Any = None,
 ) -> dict[str, Path]:
     """Run the chapter's experiments at ``profile``; return ``{experiment: result file}``.
 
     ``data_root`` overrides :func:`ibcore.data.data_root` (the folder holding ``images/``).
+    ``launcher`` (see :mod:`ibcore.launchers`) says where they run; default: here.
     """
-    ctx = prepare_run(
-        _Context, PROFILES, EXPERIMENTS, profile=profile, experiments=experiments,
-        device=device, seed=seed, resume=resume, results_root=results_root,
-        progress=progress,
-        data_root=Path(data_root) if data_root is not None else None,
-    )
-    return {name: _EXPERIMENT_FNS[name](ctx) for name in experiments}
+    return run_experiments(CHAPTER, launcher=launcher, profile=profile, device=device, seed=seed,
+                           resume=resume, results_root=results_root, progress=progress,
+                           experiments=experiments, data_root=Path(data_root) if data_root is not None else None)
 
 
 def read_png_artifact(result_path: Path, name: str) -> np.ndarray:
