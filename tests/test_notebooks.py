@@ -15,8 +15,14 @@ def toc_notebooks() -> list[Path]:
     """The .ipynb files that _toc.yml puts in the book."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = [toc["root"]]
+
+    def add(entries: list[dict]) -> None:  # chapters and their sections (the exercise pages)
+        for entry in entries:
+            files.append(entry["file"])
+            add(entry.get("sections", []))
+
     for part in toc.get("parts", []):
-        files += [c["file"] for c in part.get("chapters", [])]
+        add(part.get("chapters", []))
     return [ROOT / f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb").exists()]
 
 
@@ -28,7 +34,9 @@ def test_toc_lists_notebooks() -> None:
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "notebook", NOTEBOOKS, ids=lambda p: p.relative_to(ROOT / "book").with_suffix("").as_posix()
+)
 def test_notebook_runs_at_smoke_profile(
     notebook: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
