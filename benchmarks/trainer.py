@@ -26,7 +26,11 @@ it measures
     runner's step function, for runners that do their own optimisation), nothing else. The two
     are interleaved (T B, B T, T B, …) so both see the same load, and the median ratio
     ``trainer_time_over_bare_loop`` (and its min/max over repeats) is reported with the seconds
-    per step and images per second. **Amortisation of the checkpoint cost**: the benchmark epoch
+    per step and images per second. The size and save time of one checkpoint (median of 3 saves
+    after the epochs) give the share of an epoch spent saving, the ratio without it
+    (``trainer_time_over_bare_loop_less_checkpoints``: the Trainer's per-step bookkeeping) and
+    the checkpoint interval at which saving would cost 2 % (``steps_per_checkpoint_for_2_percent``).
+    **Amortisation of the checkpoint cost**: the benchmark epoch
     is the runner's real epoch (its steps per epoch at the ``cpu`` profile), so the mid-epoch
     saves and the one save per epoch are counted at their real frequency; where an epoch is
     shortened (``--max-epoch-steps``, ``--quick``) the record says so, and the ratio then counts
@@ -58,6 +62,7 @@ import math
 import os
 import platform
 import queue
+import signal
 import statistics
 import subprocess
 import sys
@@ -516,8 +521,10 @@ def _spawn(args: list[str], threads: int, extra_env: dict[str, str] | None = Non
            ) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.update(extra_env or {})
+    # its own session: a child abandoned mid-compilation is killed with its compile workers
     return subprocess.Popen(_child_cmd([*args, "--threads", str(threads)]), env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def _lines(proc: subprocess.Popen) -> queue.Queue:
@@ -584,10 +591,10 @@ def threads_comparison(name: str, steps: int, rounds: int) -> dict[str, Any]:
             "raw_two_processes_one_thread": two_by_one}
 
 
-def compile_comparison(name: str, steps: int, timeout: float) -> dict[str, Any]:
-    """``torch.compile`` in a fresh child (2 threads, an empty inductor cache)."""
+def compile_comparison(name: str, steps: int, timeout: float, threads: int) -> dict[str, Any]:
+    """``torch.compile`` in a fresh child (``threads`` threads, an empty inductor cache)."""
     with tempfile.TemporaryDirectory(prefix="ibbench-inductor-") as cache:
-        proc = _spawn(["--model", name, "--steps", str(steps), "--compile"], 2,
+        proc = _spawn(["--model", name, "--steps", str(steps), "--compile"], threads,
                       {"TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": cache})
         q = _lines(proc)
         assert proc.stdin is not None
@@ -596,7 +603,7 @@ def compile_comparison(name: str, steps: int, timeout: float) -> dict[str, Any]:
         eager = _wait_for(q, "eager_seconds_per_step", 900)
         compiled = _wait_for(q, "compile_seconds", timeout) if eager is not None else None
         if compiled is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return {"skipped": f"compilation did not finish within {timeout:g} s"
                     if eager is not None else "the eager loop failed"}
@@ -674,7 +681,7 @@ def run(args: argparse.Namespace) -> tuple[dict, list[dict], dict]:
                     wins["threads"] = threads_comparison(name, args.win_steps, args.win_rounds)
                 if not args.skip_compile:
                     wins["compile"] = compile_comparison(name, args.win_steps,
-                                                         args.compile_timeout)
+                                                         args.compile_timeout, args.threads)
             m["wins"] = wins
             metrics[name] = m
             ratio = m["trainer_time_over_bare_loop"]
