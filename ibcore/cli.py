@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--partition", default=None, help="Slurm partition")
     run.add_argument("--time-minutes", type=int, default=240, help="Slurm time limit per model")
     run.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per model (Ray, Slurm)")
+    run.add_argument("--tasks-per-job", type=int, default=1,
+                     help="models packed into one Slurm job (default 1)")
     run.add_argument("--cpus-per-task", type=int, default=1, help="CPUs per model (Ray, Slurm)")
     sub.add_parser("list", help="list chapters, their experiments and profiles")
     return parser
@@ -69,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         launcher = make_launcher(args.launcher, workers=args.workers,
                                  ray_address=args.ray_address, slurm_folder=args.slurm_folder,
                                  partition=args.partition, time_minutes=args.time_minutes,
-                                 gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task)
+                                 gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task,
+                                 tasks_per_job=args.tasks_per_job)
         written = runner.run(
             args.profile,
             device=args.device,

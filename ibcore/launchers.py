@@ -32,7 +32,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ibcore.errors import UnknownNameError
-from ibcore.tasks import RunRequest, Task, TaskFailure, execute_task, run_one
+from ibcore.tasks import RunRequest, Task, TaskFailure, execute_tasks, run_one
 from ibcore.validation import check_int
 
 LAUNCHERS: tuple[str, ...] = ("local", "ray", "slurm")
@@ -237,30 +237,36 @@ class LocalPoolLauncher:
         return sched.close()
 
 
-def _remote_loop(sched: _Scheduler, submit: Callable[[Task], Any],
-                 wait_any: Callable[[list[Any]], tuple[Any, dict[str, Any] | None, str | None]],
-                 capacity: int) -> list[TaskFailure]:
-    """Submit ready tasks (at most ``capacity`` in flight) and collect them as they finish."""
-    flight: dict[Any, tuple[str, float]] = {}
+def _remote_loop(sched: _Scheduler, submit: Callable[[list[Task]], Any],
+                 wait_any: Callable[[list[Any]], tuple[Any, list[dict[str, Any]] | None, str | None]],
+                 capacity: int, tasks_per_job: int = 1) -> list[TaskFailure]:
+    """Submit ready tasks (in jobs of up to ``tasks_per_job``, at most ``capacity`` jobs in
+    flight) and collect them as they finish."""
+    flight: dict[Any, list[str]] = {}
     while sched.pending or flight:
-        for task in sched.ready():
-            if len(flight) >= capacity:
-                break
-            sched.take(task)
-            flight[submit(task)] = (task.key, time.perf_counter())
-            _log(f"submitted {task.key}")
+        ready = sched.ready()
+        while ready and len(flight) < capacity:
+            chunk, ready = ready[:tasks_per_job], ready[tasks_per_job:]
+            for task in chunk:
+                sched.take(task)
+            flight[submit(chunk)] = [t.key for t in chunk]
+            _log(f"submitted {', '.join(t.key for t in chunk)}")
         if not flight:
             if sched.pending:
                 sched.ready()
                 continue
             break
-        handle, result, error = wait_any(list(flight))
-        key, t0 = flight.pop(handle)
-        if error is None:
-            seconds = float(result["seconds"]) if result else time.perf_counter() - t0
-            sched.succeed(key, seconds)
-        else:
-            sched.fail(key, error)
+        handle, outcomes, error = wait_any(list(flight))
+        keys = flight.pop(handle)
+        if error is not None or outcomes is None:
+            for key in keys:
+                sched.fail(key, error or "the job returned nothing")
+            continue
+        for outcome in outcomes:
+            if "error" in outcome:
+                sched.fail(outcome["key"], outcome["error"])
+            else:
+                sched.succeed(outcome["key"], float(outcome["seconds"]))
     return sched.close()
 
 
@@ -285,14 +291,14 @@ class RayLauncher:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
         try:
             remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
-                                max_retries=0)(execute_task)
+                                max_retries=0)(execute_tasks)
             capacity = self.max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)
                                                         // self.cpus_per_task))
 
-            def submit(task: Task) -> Any:
-                return remote.remote(request, task, self.cpus_per_task)
+            def submit(chunk: list[Task]) -> Any:
+                return remote.remote(request, chunk, self.cpus_per_task)
 
-            def wait_any(handles: list[Any]) -> tuple[Any, dict[str, Any] | None, str | None]:
+            def wait_any(handles: list[Any]) -> tuple[Any, list[dict[str, Any]] | None, str | None]:
                 (ready,), _ = ray.wait(handles, num_returns=1)
                 try:
                     return ready, ray.get(ready), None
@@ -307,11 +313,15 @@ class RayLauncher:
 
 
 class SlurmLauncher:
-    """Run each task as a Slurm job through ``submitit`` (``local=True``: submitit's local executor)."""
+    """Run the tasks as Slurm jobs through ``submitit`` (``local=True``: submitit's local executor).
+
+    ``tasks_per_job`` > 1 packs several independent tasks into one job (one process start and one
+    data load for all of them: worth it when the models are small).
+    """
 
     def __init__(self, folder: Path, *, partition: str | None = None, time_minutes: int = 240,
                  gpus_per_task: int = 0, cpus_per_task: int = 1, local: bool = False,
-                 max_in_flight: int = 64) -> None:
+                 max_in_flight: int = 64, tasks_per_job: int = 1) -> None:
         self.folder = Path(folder)
         self.partition = partition
         self.time_minutes = check_int("time_minutes", time_minutes, low=1)
@@ -319,6 +329,7 @@ class SlurmLauncher:
         self.cpus_per_task = check_int("cpus_per_task", cpus_per_task, low=1)
         self.local = local
         self.max_in_flight = check_int("max_in_flight", max_in_flight, low=1)
+        self.tasks_per_job = check_int("tasks_per_job", tasks_per_job, low=1)
 
     def describe(self) -> dict[str, Any]:
         return {"launcher": "slurm-local" if self.local else "slurm",
@@ -343,10 +354,10 @@ class SlurmLauncher:
     def execute(self, request: RunRequest, tasks: Sequence[Task], *, ctx: Any) -> list[TaskFailure]:
         executor = self._executor()
 
-        def submit(task: Task) -> Any:
-            return executor.submit(execute_task, request, task, self.cpus_per_task)
+        def submit(chunk: list[Task]) -> Any:
+            return executor.submit(execute_tasks, request, chunk, self.cpus_per_task)
 
-        def wait_any(jobs: list[Any]) -> tuple[Any, dict[str, Any] | None, str | None]:
+        def wait_any(jobs: list[Any]) -> tuple[Any, list[dict[str, Any]] | None, str | None]:
             while True:
                 for job in jobs:
                     if job.done():
@@ -357,7 +368,7 @@ class SlurmLauncher:
                 time.sleep(0.5)
 
         sched = _Scheduler(tasks, progress=bool(request.run_args.get("progress", True)))
-        return _remote_loop(sched, submit, wait_any, self.max_in_flight)
+        return _remote_loop(sched, submit, wait_any, self.max_in_flight, self.tasks_per_job)
 
 
 def _require(name: str) -> Any:
@@ -373,7 +384,7 @@ def _require(name: str) -> Any:
 def make_launcher(name: str | None, *, workers: int = 1, ray_address: str | None = None,
                   slurm_folder: Path | None = None, partition: str | None = None,
                   time_minutes: int = 240, gpus_per_task: int = 0,
-                  cpus_per_task: int = 1) -> Any:
+                  cpus_per_task: int = 1, tasks_per_job: int = 1) -> Any:
     """The launcher named on the command line (``None``/``local`` with ``workers``)."""
     if name in (None, "local"):
         workers = check_int("workers", workers, low=1)
@@ -383,5 +394,5 @@ def make_launcher(name: str | None, *, workers: int = 1, ray_address: str | None
     if name == "slurm":
         return SlurmLauncher(slurm_folder or Path("runs/slurm"), partition=partition,
                              time_minutes=time_minutes, gpus_per_task=gpus_per_task,
-                             cpus_per_task=cpus_per_task)
+                             cpus_per_task=cpus_per_task, tasks_per_job=tasks_per_job)
     raise UnknownNameError(f"unknown launcher {name!r}; choose one of {', '.join(LAUNCHERS)}")

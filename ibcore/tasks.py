@@ -123,18 +123,28 @@ def run_one(request: RunRequest, ctx: Any, task: Task) -> float:
     return time.perf_counter() - t0
 
 
-def execute_task(request: RunRequest, task: Task, threads: int | None = None) -> dict[str, Any]:
-    """Entry point of a worker (a local process, a Ray task or a Slurm job): one task, fresh context.
+def execute_tasks(request: RunRequest, tasks: Sequence[Task], threads: int | None = None
+                  ) -> list[dict[str, Any]]:
+    """Entry point of a remote worker (a Ray task or a Slurm job): run ``tasks`` one after another
+    from one fresh context. ``threads`` sets torch's intra-op thread count first.
 
-    ``threads`` sets torch's intra-op thread count first (so N workers × threads ≤ cores).
-    Returns ``{"key": ..., "seconds": ...}``; an exception propagates to the launcher.
+    A task's exception does not stop the others: its entry is ``{"key": ..., "error": traceback}``
+    instead of ``{"key": ..., "seconds": ...}``.
     """
+    import traceback
+
     import torch
 
     if threads is not None:
         torch.set_num_threads(threads)
     ctx = request.context(progress=False)
-    return {"key": task.key, "seconds": run_one(request, ctx, task)}
+    out: list[dict[str, Any]] = []
+    for task in tasks:
+        try:
+            out.append({"key": task.key, "seconds": run_one(request, ctx, task)})
+        except Exception:  # noqa: BLE001 - reported with the task's key by the launcher
+            out.append({"key": task.key, "error": traceback.format_exc()})
+    return out
 
 
 def order_tasks(tasks: Sequence[Task]) -> list[Task]:

@@ -23,7 +23,10 @@ from tqdm import tqdm
 from ibcore.checkpoint import load_checkpoint, save_checkpoint
 from ibcore.errors import CheckpointError, NonFiniteError, ShapeError, UnknownNameError
 from ibcore.schedules import Schedule, build_scheduler
-from ibcore.validation import check_int
+from ibcore.validation import check_int, check_weight
+
+#: Inside an epoch, a checkpoint is written only if this many seconds passed since the last one.
+DEFAULT_CHECKPOINT_MIN_SECONDS = 60.0
 
 LossFn = Callable[[tuple[Tensor, ...]], Mapping[str, Tensor]]
 StepFn = Callable[[tuple[Tensor, ...], int], Mapping[str, Tensor | float]]
@@ -57,6 +60,13 @@ class Trainer:
     Every history row records the rate used at the first and the last step of the epoch
     (``lr_start``/``lr_end``; ``lr_start_<name>``/``lr_end_<name>`` with several optimizers).
 
+    Checkpoints: at the end of every epoch, and inside an epoch every ``checkpoint_every_steps``
+    steps provided ``checkpoint_min_seconds`` (default :data:`DEFAULT_CHECKPOINT_MIN_SECONDS`,
+    60 s) have passed since the last save (a
+    save of a large model costs up to a second; this bounds its share of the time to about 1 %
+    while an interruption loses at most a minute or so of work). When a save happens never
+    changes the numbers: a resumed run continues bit for bit from any of them.
+
     Loss terms are summed on the training device (in float64, the same additions a Python float
     sum would do) and read back once per epoch; their finiteness is checked every
     ``finite_check_every`` steps (default: every step, so a NaN stops the run before the next
@@ -82,6 +92,7 @@ class Trainer:
         finite_check_every: int = 1,
         checkpoint_path: Path | None = None,
         checkpoint_every_steps: int | None = None,
+        checkpoint_min_seconds: float | None = None,
         fingerprint: str = "",
         epoch_end_fn: Callable[[int], Mapping[str, float]] | None = None,
         progress: bool = True,
@@ -113,6 +124,10 @@ class Trainer:
         self.finite_check_every = check_int("finite_check_every", finite_check_every, low=1)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.checkpoint_every_steps = checkpoint_every_steps
+        self.checkpoint_min_seconds = check_weight(
+            "checkpoint_min_seconds", DEFAULT_CHECKPOINT_MIN_SECONDS
+            if checkpoint_min_seconds is None else checkpoint_min_seconds)
+        self._last_save = time.perf_counter()
         self.fingerprint = fingerprint
         self.epoch_end_fn = epoch_end_fn
         self.progress = progress
@@ -193,6 +208,7 @@ class Trainer:
     def save(self) -> None:
         if self.checkpoint_path is not None:
             save_checkpoint(self.checkpoint_path, self.state_dict(), fingerprint=self.fingerprint)
+        self._last_save = time.perf_counter()
 
     # ----------------------------------------------------------------- training
     def _batches(self, epoch: int) -> list[Tensor]:
@@ -303,6 +319,7 @@ class Trainer:
                         self.checkpoint_every_steps
                         and self._step_in_epoch % self.checkpoint_every_steps == 0
                         and self._step_in_epoch < len(batches)
+                        and time.perf_counter() - self._last_save >= self.checkpoint_min_seconds
                     ):
                         self._check_pending()
                         self.elapsed_seconds = base_elapsed + time.perf_counter() - t0

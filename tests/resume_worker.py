@@ -45,7 +45,8 @@ def main() -> None:
 
     trainer = Trainer({"model": model}, opt, (x, y), loss_fn=loss_fn, batch_size=16, epochs=4,
                       seed=3, device=torch.device("cpu"), checkpoint_path=args.ckpt,
-                      checkpoint_every_steps=2, fingerprint="worker", epoch_end_fn=epoch_end,
+                      checkpoint_every_steps=2, checkpoint_min_seconds=0.0,
+                      fingerprint="worker", epoch_end_fn=epoch_end,
                       progress=False,
                       schedule=Schedule(args.schedule, peak_lr=3e-2, warmup_fraction=0.25)
                       if args.schedule else None)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from test_infrastructure import write_cifar10_standin
 
+from ibcore import training
 from ibcore.adversarial import fgsm, fgsm_accuracy
 from ibcore.decoders import fit_gaussian_mixture
 from ibcore.errors import InvalidParameterError, ShapeError, UnknownNameError
@@ -345,6 +346,7 @@ def test_smoke_run_writes_results_and_resume_skips(tmp_path: Path, fashion_data:
 
 def test_interrupted_training_resumes_exactly(tmp_path: Path, fashion_data: None,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training, "DEFAULT_CHECKPOINT_MIN_SECONDS", 0.0)  # save mid-epoch
     cfg = dataclasses.replace(runner.PROFILES["smoke"], epochs=2, checkpoint_every_steps=2)
     spec = runner.ModelSpec("ib", 0.2, True)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from test_infrastructure import write_cifar10_standin
 
+from ibcore import training
 from ibcore.errors import (
     InvalidParameterError,
     ResultFileError,
@@ -450,6 +451,7 @@ def test_interrupted_dim_training_resumes_exactly(
     """A DIM model (prior matching, step trace) killed mid-epoch resumes bit for bit."""
     import dataclasses
 
+    monkeypatch.setattr(training, "DEFAULT_CHECKPOINT_MIN_SECONDS", 0.0)  # save mid-epoch
     cfg = dataclasses.replace(runner.PROFILES["smoke"], checkpoint_every_steps=2,
                               train_subset=128, trace_every_steps=2)
     spec = runner.experiment_specs(cfg, "probes")["dim_l_prior"]

@@ -42,7 +42,7 @@ def _run_fake(root: Path, behaviour: dict[str, str], launcher: Any, resume: bool
 
 @pytest.fixture(scope="module")
 def gmvib_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """The GMVIB `beta` smoke grid (12 models) run by each of the four launchers."""
+    """The GMVIB `beta` smoke grid (24 models) run by each of the four launchers."""
     ray = pytest.importorskip("ray")
     pytest.importorskip("submitit")
     from ibcore.runners import gmvib
@@ -57,7 +57,8 @@ def gmvib_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
     for name, launcher in launchers.items():
         root = tmp_path_factory.mktemp(name) / "results"
         if launcher is None:
-            launcher = SlurmLauncher(root.parent / "submitit", local=True, max_in_flight=2)
+            launcher = SlurmLauncher(root.parent / "submitit", local=True, max_in_flight=2,
+                                     tasks_per_job=6)
         if name == "ray":
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
@@ -85,7 +86,7 @@ def test_provenance_says_how_the_tasks_ran(gmvib_runs: dict[str, dict[str, Any]]
                         "submitit-local": "slurm-local"}
     assert gmvib_runs["local-2"]["provenance"]["workers"] == 2
     for r in gmvib_runs.values():
-        assert r["provenance"]["tasks"] == 12 and r["provenance"]["wall_seconds"] > 0
+        assert r["provenance"]["tasks"] == 24 and r["provenance"]["wall_seconds"] > 0
         # the compute seconds of the models are counted in the assembled file
         assert r["provenance"]["seconds"] >= sum(
             s["train_seconds"] for s in r["metrics"]["settings"])

@@ -225,3 +225,22 @@ def test_sparse_checks_give_the_same_history(tmp_path: Path) -> None:
     torch.manual_seed(0)
     b = _tiny_trainer(tmp_path, finite_check_every=5).fit()
     assert a == b
+
+
+@pytest.mark.parametrize(("min_seconds", "saves"), [(0.0, 2 + 2), (1e9, 2)])
+def test_mid_epoch_saves_wait_for_the_minimum_interval(tmp_path: Path, min_seconds: float,
+                                                       saves: int) -> None:
+    # 2 epochs of 2 steps, a mid-epoch save after every step: 2 end-of-epoch saves always,
+    # plus one mid-epoch save per epoch unless the minimum interval has not passed
+    trainer = _tiny_trainer(tmp_path, checkpoint_path=tmp_path / "c.ckpt",
+                            checkpoint_every_steps=1, checkpoint_min_seconds=min_seconds)
+    count = {"n": 0}
+    original = trainer.save
+
+    def counting_save() -> None:
+        count["n"] += 1
+        original()
+
+    trainer.save = counting_save  # type: ignore[method-assign]
+    trainer.fit()
+    assert count["n"] == saves
