@@ -15,6 +15,7 @@ from scipy.stats import norm
 
 from ibcore.codec import baselines as bl
 from ibcore.codec import bitstream as bs
+from ibcore.codec import entropy as bs_entropy
 from ibcore.codec.__main__ import main as cli_main
 from ibcore.codec.bdmetrics import bd_psnr, bd_rate
 from ibcore.data.images import load_kodak
@@ -141,6 +142,10 @@ def test_latent_round_trip_is_lossless_and_rate_matches_information_content():
     means, raw = [0.0, 2.5, -7.2], [0.5, 3.0, 8.0]
     model = _controlled_model(means, raw)
     scales = [0.11 + math.log1p(math.exp(r)) for r in raw]  # σ_min + softplus
+    # the coder uses the nearest (in log scale) level of the fixed scale table
+    levels = bs_entropy.scale_table(0.11)[0]
+    coded = [float(levels[np.argmin(np.abs(np.log(levels) - math.log(s)))]) for s in scales]
+    assert all(abs(math.log(c / s)) < 0.04 for c, s in zip(coded, scales, strict=True))
     height, width = 256, 320
     gen = torch.Generator().manual_seed(1)
     y = torch.stack([torch.round(m + s * torch.randn(height // 16, width // 16, generator=gen))
@@ -153,7 +158,7 @@ def test_latent_round_trip_is_lossless_and_rate_matches_information_content():
     # information content with scipy (independent of ibcore's rate code), side symbols all 0
     yn = y.numpy()
     bits = 0.0
-    for c, (m, s) in enumerate(zip(means, scales, strict=True)):
+    for c, (m, s) in enumerate(zip(means, coded, strict=True)):
         p = norm.cdf((yn[c] + 0.5 - m) / s) - norm.cdf((yn[c] - 0.5 - m) / s)
         bits += float(-np.log2(p).sum())
     # side symbols (all 0) under the model's own, unclipped density

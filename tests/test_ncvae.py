@@ -401,3 +401,60 @@ def test_tiny_fresh_model_file_round_trip(tmp_path):
     assert meta == {"note": "tiny"} and state_digest(loaded) == state_digest(model)
     with pytest.raises(CheckpointError, match="SHA-256"):
         load_model_file(tmp_path / "m.pt", sha256="0" * 64)
+
+
+# --------------------------------------------------------------------------- image input
+def _png16_rgb(path, arr: np.ndarray) -> None:
+    """Write a 16-bit-per-channel RGB PNG (Pillow cannot write one) from ``uint16 [H, W, 3]``."""
+    import struct
+    import zlib
+
+    h, w, _ = arr.shape
+    raw = b"".join(b"\0" + arr[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path):
+    grey = np.array([[0, 257, 1000], [32768, 65280, 65535]], dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    img = load_image(tmp_path / "g16.png")
+    expected = np.round(grey / 65535 * 255).astype(np.uint8)  # 1000 → 4, not 255
+    assert img.dtype == torch.uint8 and img.shape == (3, 2, 3)
+    assert all(np.array_equal(img[c].numpy(), expected) for c in range(3))
+    rgb = np.zeros((2, 3, 3), np.uint16)
+    rgb[0, 0] = [0, 257 * 100, 40000]
+    rgb[1] = 65535
+    _png16_rgb(tmp_path / "rgb16.png", rgb)
+    img = load_image(tmp_path / "rgb16.png")
+    assert img[:, 0, 0].tolist() == [0, 100, 156] and bool((img[:, 1] == 255).all())
+    Image.fromarray(np.full((2, 2), -5, np.int32), mode="I").save(tmp_path / "neg.tif")
+    with pytest.raises(InvalidParameterError, match="outside 0..65535"):
+        load_image(tmp_path / "neg.tif")
+
+
+def test_transparent_images_are_refused_and_opaque_alpha_is_dropped(tmp_path):
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "opaque.png")
+    img = load_image(tmp_path / "opaque.png")
+    assert img.shape == (3, 4, 5) and img[0].unique().tolist() == [200]
+    rgba[1, 2, 3] = 0
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "hole.png")
+    with pytest.raises(InvalidParameterError, match="transparent pixels \\(1 of 20\\)"):
+        load_image(tmp_path / "hole.png")
+    Image.fromarray(rgba[..., [0, 3]], mode="LA").save(tmp_path / "la.png")
+    with pytest.raises(InvalidParameterError, match="transparent"):
+        load_image(tmp_path / "la.png")
+    pal = Image.fromarray(np.array([[0, 1], [1, 1]], np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 255, 255, 255])
+    pal.save(tmp_path / "pal.png", transparency=0)
+    with pytest.raises(InvalidParameterError, match="transparent"):
+        load_image(tmp_path / "pal.png")

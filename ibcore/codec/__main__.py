@@ -8,10 +8,11 @@
 
 ``--model`` is a shipped name (``q1`` = lowest rate, then rising; all are listed in
 ``models/ncvae/manifest.json``) or the path of a model file. Without ``--model``, ``decode``
-looks the file's model id up among the shipped models. Add ``--train`` to train a missing
-shipped model (the ``cpu`` profile's trunk and that model: about 35 minutes on one core).
-Errors (a missing, truncated, corrupted or foreign file, an unknown model) print one line and
-exit with status 2.
+looks the file's model id up among the shipped models (:mod:`ibcore.codec.zoo`). Models are
+trained and exported by the NC-VAE chapter's runner (``python -m ibcore run ncvae --profile cpu
+--resume``, then ``python -m ibcore.runners.ncvae export --profile cpu``). Errors (a missing,
+truncated, corrupted or foreign file, an unknown model, an image the codec cannot take, a decoder
+that does not reproduce the encoder's probabilities) print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ def _parser() -> argparse.ArgumentParser:
     for p in (enc, dec):
         p.add_argument("--models-dir", type=Path, default=None,
                        help="folder of shipped models (default: models/ncvae of the checkout)")
-        p.add_argument("--train", action="store_true",
-                       help="train a shipped model that is missing (cpu profile; about 35 min)")
     return parser
 
 
@@ -62,18 +61,19 @@ def _read(path: Path) -> bytes:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ibcore.codec.bitstream import decode, encode, unpack
+    from ibcore.codec.zoo import find_model_by_id, load_shipped
     from ibcore.data.images import load_image
-    from ibcore.runners.ncvae import find_model_by_id, load_model
 
     try:
         if args.command == "info":
             header, words = unpack(_read(args.input))
             print(f"format version {header.version}, model id {header.model_id.hex()}, "
                   f"{header.width}x{header.height} px, latent symbols {header.y_range}, "
-                  f"side symbols {header.h_range}, payload {4 * words.size} bytes")
+                  f"side symbols {header.h_range}, payload {4 * words.size} bytes, "
+                  f"prior check {header.prior_check:08x}, latent check {header.latent_check:08x}")
             return 0
         if args.command == "encode":
-            model = load_model(args.model, models_dir=args.models_dir, train_if_missing=args.train)
+            model = load_shipped(args.model, models_dir=args.models_dir)
             image = load_image(args.input)
             data = encode(model, image)
             args.output.write_bytes(data)
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = _read(args.input)
         header, _ = unpack(data)
         if args.model is not None:
-            model = load_model(args.model, models_dir=args.models_dir, train_if_missing=args.train)
+            model = load_shipped(args.model, models_dir=args.models_dir)
         else:
             model = find_model_by_id(header.model_id.hex(), args.models_dir)
         image = decode(model, data)

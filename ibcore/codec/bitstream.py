@@ -1,15 +1,19 @@
 r"""The ``.ibc`` file format: a small versioned header and one ANS stream of integer latents.
 
-Layout of format version 1 (all multi-byte integers little endian)::
+Layout of format version 2 (all multi-byte integers little endian)::
 
     offset  size  field
     0       4     magic  b"\x89IBC"
-    4       1     format version (1)
+    4       1     format version (2)
     5       4     model id: the first 4 bytes of the SHA-256 of the model's weights
                   (ibcore.models.ncvae.state_digest)
     9       …     image height, image width          (unsigned LEB128 varints)
     …       …     ŷ symbol range lo, hi; ĥ range lo, hi (zig-zag LEB128 varints)
     …       …     payload length in 32-bit words      (unsigned LEB128 varint)
+    …       4     prior check: CRC-32 of the numbers the coder's models are built from
+                  (ibcore.codec.entropy.prior_checksum)
+    …       4     latent check: CRC-32 of the integer latents ŷ and ĥ
+                  (ibcore.codec.entropy.latent_checksum)
     …       4     CRC-32 of every header byte before it and of the payload
     …       4·n   payload: the words of one ``constriction`` ANS stack
 
@@ -17,15 +21,27 @@ The payload holds the side information ``ĥ`` on top of the latent ``ŷ`` (an AN
 stack: ``ŷ`` is pushed first, so the decoder pops ``ĥ`` first). ``ĥ`` is coded under the
 model's factorised density, tabulated on ``[lo, hi]`` and renormalised; ``ŷ`` under
 ``constriction.stream.model.QuantizedGaussian(lo, hi)`` with every symbol's own mean and scale
-from the RDO module (:class:`ibcore.models.ncvae.RDOModule`) — the exact Gaussian, integrated
-over unit bins and clipped to ``[lo − ½, hi + ½]``. Nothing else is needed to decode, so
+from the RDO module (:class:`ibcore.models.ncvae.RDOModule`) — a Gaussian integrated over unit
+bins and clipped to ``[lo − ½, hi + ½]``. Nothing else is needed to decode, so
 ``bpp = 8 · len(file) / (H · W)`` counts every bit.
+
+**Reproducible probabilities.** Encoder and decoder must give the coder bit-identical
+probabilities, whatever their thread count, BLAS, CPU or device. So the coder's inputs are not
+the float RDO module's outputs but those of :mod:`ibcore.codec.entropy`: the RDO module in
+fixed-point integer arithmetic, the scale snapped to a fixed table of 128 log-spaced levels by
+integer thresholds, and the side tables computed in exact decimal arithmetic; the transforms
+``g_a`` and ``g_s`` stay in floating point (they do not touch the probabilities). Snapping the
+scale costs about 0.02 % of the rate. **Self-verification:** the header carries a checksum of
+those inputs and one of the decoded latents; a decoder that computes a different probability
+model or decodes different symbols raises :class:`DecoderMismatchError` instead of returning an
+image. Version 1 files (written before this scheme) are refused with a message saying so.
 
 Decoding never trusts the file: a wrong magic raises :class:`ForeignFileError`, an unknown
 version :class:`UnsupportedVersionError`, a file that ends early
 :class:`TruncatedBitstreamError`, a checksum mismatch or an impossible field
-:class:`CorruptedBitstreamError`, and a file written by another model
-:class:`ModelMismatchError`. Sizes are bounded (:data:`MAX_SIDE`, :data:`MAX_PIXELS`,
+:class:`CorruptedBitstreamError`, a file written by another model
+:class:`ModelMismatchError`, and a decoder that does not reproduce the encoder's probability
+model or symbols :class:`DecoderMismatchError`. Sizes are bounded (:data:`MAX_SIDE`, :data:`MAX_PIXELS`,
 :data:`MAX_SYMBOL_RANGE`) before anything is allocated, so the work per file is bounded too.
 """
 
@@ -40,6 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ibcore.codec.entropy import exact_prior, latent_checksum, prior_checksum, side_tables
 from ibcore.errors import IBCoreError, InvalidParameterError, ShapeError
 from ibcore.estimators.rate import gaussian_bits
 from ibcore.models.ncvae import DOWNSAMPLING, NCVAE, pad_to_multiple, state_digest
@@ -49,6 +66,7 @@ __all__ = [
     "MAGIC",
     "BitstreamError",
     "CorruptedBitstreamError",
+    "DecoderMismatchError",
     "EncodeResult",
     "ForeignFileError",
     "Header",
@@ -56,6 +74,7 @@ __all__ = [
     "TruncatedBitstreamError",
     "UnsupportedVersionError",
     "decode",
+    "coder_inputs",
     "decode_latents",
     "encode",
     "encode_detailed",
@@ -68,7 +87,7 @@ __all__ = [
 ]
 
 MAGIC = b"\x89IBC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MODEL_ID_BYTES = 4
 MAX_SIDE = 16384
 """Largest image height or width a file may declare."""
@@ -103,6 +122,11 @@ class ModelMismatchError(BitstreamError):
     """The file was written by a different model than the one given to decode it."""
 
 
+class DecoderMismatchError(BitstreamError):
+    """The decoder computed a different probability model, or decoded different symbols, than
+    the encoder (the header's prior or latent check does not match)."""
+
+
 @dataclass(frozen=True)
 class Header:
     """The fields of a ``.ibc`` header (see the module docstring)."""
@@ -113,6 +137,10 @@ class Header:
     y_range: tuple[int, int]
     h_range: tuple[int, int]
     version: int = FORMAT_VERSION
+    prior_check: int = 0
+    """CRC-32 of the coder's model inputs (:func:`ibcore.codec.entropy.prior_checksum`)."""
+    latent_check: int = 0
+    """CRC-32 of ``ŷ`` and ``ĥ`` (:func:`ibcore.codec.entropy.latent_checksum`)."""
 
 
 # --------------------------------------------------------------------------- varints
@@ -156,6 +184,10 @@ def _header_bytes(header: Header, n_words: int) -> bytes:
     fields = [_uvarint(header.height), _uvarint(header.width)]
     fields += [_uvarint(_zigzag(v)) for v in (*header.y_range, *header.h_range)]
     fields.append(_uvarint(n_words))
+    for check in (header.prior_check, header.latent_check):
+        if not 0 <= check < 2**32:
+            raise InvalidParameterError("checks must be 32-bit unsigned integers")
+        fields.append(check.to_bytes(4, "little"))
     return MAGIC + bytes([header.version]) + header.model_id + b"".join(fields)
 
 
@@ -214,6 +246,13 @@ def unpack(data: bytes, *, verify_checksum: bool = True) -> tuple[Header, np.nda
     if pos >= len(data):
         raise TruncatedBitstreamError("the file ends after its magic bytes; it is truncated")
     version = data[pos]
+    if version == 1:
+        raise UnsupportedVersionError(
+            "the file has format version 1, written by an older ibcore whose decoder could "
+            "compute slightly different probabilities on another machine or thread count and "
+            f"then decode a wrong image; this ibcore reads only version {FORMAT_VERSION}: "
+            "re-encode the original image"
+        )
     if version != FORMAT_VERSION:
         raise UnsupportedVersionError(
             f"the file has format version {version}; this ibcore reads version {FORMAT_VERSION}: "
@@ -231,6 +270,11 @@ def unpack(data: bytes, *, verify_checksum: bool = True) -> tuple[Header, np.nda
         raw, pos = _read_uvarint(data, pos, field)
         ranges.append(_unzigzag(raw))
     n_words, pos = _read_uvarint(data, pos, "payload length")
+    if pos + 8 > len(data):
+        raise TruncatedBitstreamError("the file ends inside its checks; it is truncated")
+    prior_check = int.from_bytes(data[pos : pos + 4], "little")
+    latent_check = int.from_bytes(data[pos + 4 : pos + 8], "little")
+    pos += 8
     head_end = pos
     if pos + 4 > len(data):
         raise TruncatedBitstreamError("the file ends inside its checksum; it is truncated")
@@ -251,7 +295,8 @@ def unpack(data: bytes, *, verify_checksum: bool = True) -> tuple[Header, np.nda
     _check_dims(height, width)
     _check_range("latent", ranges[0], ranges[1])
     _check_range("side-information", ranges[2], ranges[3])
-    header = Header(mid, height, width, (ranges[0], ranges[1]), (ranges[2], ranges[3]), version)
+    header = Header(mid, height, width, (ranges[0], ranges[1]), (ranges[2], ranges[3]), version,
+                    prior_check, latent_check)
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     return header, words
 
@@ -293,18 +338,18 @@ def side_support(model: NCVAE, tail: float = 1e-4) -> tuple[int, int]:
             half *= 2
 
 
-def _side_models(model: NCVAE, lo: int, hi: int) -> list:
-    """One ``constriction`` categorical model per side channel over the symbols ``lo … hi``."""
-    with torch.inference_mode():
-        table = model.side_density.pmf_table(lo, hi).to(torch.float64).cpu().numpy()
+def _side_models(table: np.ndarray) -> list:
+    """One ``constriction`` categorical model per side channel (rows of :func:`side_tables`)."""
     return [constriction.stream.model.Categorical(row, perfect=False) for row in table]
 
 
-def _prior_arrays(model: NCVAE, h_hat: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    with torch.inference_mode():
-        mean, scale = model.prior(h_hat)
-    return (mean.to(torch.float64).cpu().numpy().ravel(),
-            scale.to(torch.float64).cpu().numpy().ravel())
+def coder_inputs(model: NCVAE, h_int: np.ndarray,
+                 h_range: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(side table, means, scales)``: every number the coder's models are built from, for
+    integer side info ``h_int`` ``[H, h, w]`` coded on ``h_range`` (see
+    :mod:`ibcore.codec.entropy`; bit-identical on every machine)."""
+    means, scales = exact_prior(model.rdo).coder_arrays(h_int)
+    return side_tables(model.side_density, *h_range), means, scales
 
 
 def _to_uint8(x_hat: Tensor) -> Tensor:
@@ -344,20 +389,19 @@ def _encode(model: NCVAE, image: Tensor, detailed: bool) -> EncodeResult:
         x = pad_to_multiple(image.to(device=device, dtype=torch.float32)[None] / 255.0)
         y, h = model.analyse(x)
         y_hat, h_hat = torch.round(y), torch.round(h)
-        mean, scale = model.prior(h_hat)
         bits_main = bits_side = float("nan")
         recon = image.new_empty(0)
         if detailed:
+            mean, scale = model.prior(h_hat)
             bits_main = float(gaussian_bits(y_hat, mean, scale))
             bits_side = float(model.side_density.bits(h_hat))
             recon = _to_uint8(model.synthesise(y_hat)[0, :, :height, :width]).cpu()
-    data = _pack_latents(model, y_hat[0], h_hat[0], mean, scale, height, width)
+    data = _pack_latents(model, y_hat[0], h_hat[0], height, width)
     return EncodeResult(data, unpack(data)[0], bits_main, bits_side, recon, y_hat[0].cpu(),
                         h_hat[0].cpu())
 
 
-def _pack_latents(model: NCVAE, y_hat: Tensor, h_hat: Tensor, mean: Tensor, scale: Tensor,
-                  height: int, width: int) -> bytes:
+def _pack_latents(model: NCVAE, y_hat: Tensor, h_hat: Tensor, height: int, width: int) -> bytes:
     y_int = y_hat.to(torch.int64).cpu().numpy()
     h_int = h_hat.to(torch.int64).cpu().numpy()
     y_range = _coded_range(y_int)
@@ -370,16 +414,16 @@ def _pack_latents(model: NCVAE, y_hat: Tensor, h_hat: Tensor, mean: Tensor, scal
                 f"the {name} symbols span [{lo}, {hi}], wider than {MAX_SYMBOL_RANGE}; the image "
                 "is far outside what the model was trained on"
             )
-    means = mean.to(torch.float64).cpu().numpy().ravel()
-    scales = scale.to(torch.float64).cpu().numpy().ravel()
+    table, means, scales = coder_inputs(model, h_int, h_range)
     coder = constriction.stream.stack.AnsCoder()
     gaussian = constriction.stream.model.QuantizedGaussian(*y_range)
     coder.encode_reverse(y_int.astype(np.int32).ravel(), gaussian, means, scales)
     # channel by channel, last channel first, so that the decoder pops channel 0 first
-    side = _side_models(model, *h_range)
+    side = _side_models(table)
     for c in reversed(range(h_int.shape[0])):
         coder.encode_reverse((h_int[c] - h_range[0]).astype(np.int32).ravel(), side[c])
-    header = Header(model_id(model), height, width, y_range, h_range)
+    header = Header(model_id(model), height, width, y_range, h_range, FORMAT_VERSION,
+                    prior_checksum(table, means, scales), latent_checksum(y_int, h_int))
     return pack(header, coder.get_compressed())
 
 
@@ -388,7 +432,7 @@ def encode_latents(model: NCVAE, y_hat: Tensor, h_hat: Tensor, height: int, widt
 
     ``height`` and ``width`` are the image size the file declares; the latent shapes must be
     those of a ``height × width`` image (padded to multiples of 32). The prior of ``ŷ`` is the
-    model's RDO module applied to ``ĥ``.
+    model's RDO module applied to ``ĥ``, in the exact form of :mod:`ibcore.codec.entropy`.
     """
     y_shape, h_shape = _latent_shapes(model, height, width)
     if tuple(y_hat.shape) != y_shape or tuple(h_hat.shape) != h_shape:
@@ -399,11 +443,7 @@ def encode_latents(model: NCVAE, y_hat: Tensor, h_hat: Tensor, height: int, widt
     for name, t in (("y_hat", y_hat), ("h_hat", h_hat)):
         if not bool(torch.isfinite(t).all()) or not bool((t == torch.round(t)).all()):
             raise InvalidParameterError(f"{name} must hold integers (stored as floats)")
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.inference_mode():
-        mean, scale = model.prior(h_hat.to(device=device, dtype=torch.float32)[None])
-    return _pack_latents(model, y_hat, h_hat, mean, scale, height, width)
+    return _pack_latents(model, y_hat, h_hat, height, width)
 
 
 def encode_detailed(model: NCVAE, image: Tensor) -> EncodeResult:
@@ -442,16 +482,28 @@ def decode_latents(model: NCVAE, data: bytes) -> tuple[Header, Tensor, Tensor]:
     y_shape, h_shape = _latent_shapes(model, header.height, header.width)
     device = next(model.parameters()).device
     model.eval()
+    mismatch = (
+        "; this decoder does not reproduce the probability model of the encoder (a different "
+        "build of ibcore or of its coder library `constriction`, or a modified model), so no "
+        "image is returned: decode with the software that encoded the file"
+    )
     try:
         coder = constriction.stream.stack.AnsCoder(words)
-        side = _side_models(model, *header.h_range)
         per_channel = h_shape[1] * h_shape[2]
+        table = side_tables(model.side_density, *header.h_range)
+        side = _side_models(table)
         h_sym = np.stack([coder.decode(side[c], per_channel) for c in range(h_shape[0])])
-        h_hat = torch.from_numpy((h_sym.astype(np.int64) + header.h_range[0]).reshape(h_shape))
-        h_hat = h_hat.to(device=device, dtype=torch.float32)
-        means, scales = _prior_arrays(model, h_hat[None])
+        h_int = (h_sym.astype(np.int64) + header.h_range[0]).reshape(h_shape)
+        means, scales = exact_prior(model.rdo).coder_arrays(h_int)
+        if prior_checksum(table, means, scales) != header.prior_check:
+            raise DecoderMismatchError(
+                "the probability model computed from the decoded side information does not "
+                "match the encoder's (prior check)" + mismatch
+            )
         gaussian = constriction.stream.model.QuantizedGaussian(*header.y_range)
         y_sym = coder.decode(gaussian, means, scales)
+    except DecoderMismatchError:
+        raise
     except BaseException as exc:  # noqa: BLE001 - see below
         # constriction reports bad input as ValueError, but a failed internal assertion of its
         # Rust core surfaces as pyo3's PanicException, a BaseException: turn both into a typed
@@ -463,7 +515,13 @@ def decode_latents(model: NCVAE, data: bytes) -> tuple[Header, Tensor, Tensor]:
         raise CorruptedBitstreamError(
             "the payload holds more data than the header's image needs; the file is corrupted"
         )
-    y_hat = torch.from_numpy(y_sym.astype(np.float32).reshape(y_shape)).to(device)
+    y_int = y_sym.astype(np.int64).reshape(y_shape)
+    if latent_checksum(y_int, h_int) != header.latent_check:
+        raise DecoderMismatchError(
+            "the decoded latent symbols differ from the encoded ones (latent check)" + mismatch
+        )
+    y_hat = torch.from_numpy(y_int.astype(np.float32)).to(device)
+    h_hat = torch.from_numpy(h_int.astype(np.float32)).to(device)
     return header, y_hat, h_hat
 
 

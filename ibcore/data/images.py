@@ -95,11 +95,55 @@ def _target_size(width: int, height: int, short_side: int | None) -> tuple[int, 
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _to_8bit_rgb(im: Image.Image, path: Path) -> Image.Image:
+    """``im`` as an 8-bit RGB image, or :class:`InvalidParameterError` if that would lose data.
+
+    * 16-bit greyscale (Pillow modes ``I;16*`` and ``I``, values 0…65535) is scaled to 8 bits,
+      ``v₈ = round(v₁₆ · 255 / 65535)`` (Pillow's own conversion would clip at 255 instead);
+      16-bit RGB is already reduced to 8 bits by Pillow when it reads the file. Other high-depth
+      modes (32-bit integers beyond 65535, floats) are refused.
+    * Transparency (an alpha channel, or a palette or greyscale image with a transparent
+      colour) is dropped only when every pixel is opaque; otherwise the image is refused,
+      since what a transparent pixel should look like depends on the background it will be
+      shown on.
+    """
+    if im.mode in _HIGH_DEPTH_MODES:
+        arr = np.asarray(im).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise InvalidParameterError(
+                f"{path} holds {im.mode} pixel values outside 0..65535; only 8- and 16-bit "
+                "images are supported: convert it to an 8-bit RGB PNG"
+            )
+        grey = ((arr * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if im.mode not in ("RGB", "L", "P", "1", "CMYK", "YCbCr", *_ALPHA_MODES):
+        raise InvalidParameterError(
+            f"{path} has pixel mode {im.mode}, which cannot be converted to 8-bit RGB without "
+            "loss; convert it to an 8-bit RGB PNG"
+        )
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"))
+        if int(alpha.min(initial=255)) < 255:
+            raise InvalidParameterError(
+                f"{path} has transparent pixels ({int((alpha < 255).sum())} of {alpha.size}); "
+                "the codec codes opaque RGB images: flatten it onto a background colour first"
+            )
+        return rgba.convert("RGB")
+    return im.convert("RGB")
+
+
 def load_image(path: str | os.PathLike, *, short_side: int | None = None) -> Tensor:
     """An RGB image as ``uint8 [3, H, W]``; downscaled (Lanczos) so ``min(H, W) ≤ short_side``.
 
     Downscaling also averages away most of the blocking of JPEG-compressed training photos.
-    A missing or unreadable file raises :class:`DataNotFoundError`.
+    A missing or unreadable file raises :class:`DataNotFoundError`; a 16-bit greyscale image
+    is scaled to 8 bits, and an image with transparent pixels or a pixel format that does not
+    fit 8-bit RGB raises :class:`InvalidParameterError` (see :func:`_to_8bit_rgb`).
     """
     if short_side is not None:
         check_int("short_side", short_side, low=1)
@@ -109,7 +153,7 @@ def load_image(path: str | os.PathLike, *, short_side: int | None = None) -> Ten
             size = _target_size(*im.size, short_side)
             if size != im.size and im.format == "JPEG":
                 im.draft("RGB", size)  # libjpeg decodes at a power-of-two scale still ≥ size
-            im = im.convert("RGB")
+            im = _to_8bit_rgb(im, path)
             if im.size != size:
                 im = im.resize(size, Image.Resampling.LANCZOS)
             arr = np.asarray(im, dtype=np.uint8)

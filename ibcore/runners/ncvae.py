@@ -66,10 +66,10 @@ from ibcore.checkpoint import fingerprint_of, load_checkpoint, save_checkpoint
 from ibcore.codec import baselines as bl
 from ibcore.codec.bdmetrics import bd_psnr, bd_rate
 from ibcore.codec.bitstream import EncodeResult, decode, encode, encode_detailed, model_id
+from ibcore.codec.zoo import default_models_dir, load_shipped, read_manifest
 from ibcore.data.images import CropSource, image_folder, load_kodak
 from ibcore.device import resolve_device
 from ibcore.errors import (
-    CheckpointError,
     DataNotFoundError,
     InvalidParameterError,
     UnknownNameError,
@@ -77,12 +77,11 @@ from ibcore.errors import (
 from ibcore.models.ncvae import (
     NCVAE,
     NCVAEArch,
-    load_model_file,
     save_model_file,
     state_digest,
 )
 from ibcore.profiles import select
-from ibcore.results import read_artifact, repo_root
+from ibcore.results import read_artifact
 from ibcore.runners.context import RunContext, prepare_run
 from ibcore.tasks import Task, run_experiments, written_result
 from ibcore.training import Trainer
@@ -857,23 +856,6 @@ def read_png_artifact(result_path: Path, name: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def default_models_dir() -> Path:
-    """``models/ncvae`` of the checkout (or of the current folder for an installed package)."""
-    root = repo_root()
-    return (root if root is not None else Path.cwd()) / "models" / "ncvae"
-
-
-def _read_manifest(models_dir: Path) -> dict[str, Any]:
-    path = models_dir / "manifest.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return dict(data["models"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path} is not a valid model manifest ({exc}); restore it") from exc
-
-
 def export_models(
     profile: str = "cpu",
     *,
@@ -949,16 +931,11 @@ def load_model(
     it now (trunk and model, resumable); otherwise :class:`DataNotFoundError` says how to get it.
     """
     dev = resolve_device(device)
-    path = Path(name)
-    if path.suffix == ".pt" or path.is_file():
-        if not path.is_file():
-            raise DataNotFoundError(f"no model file at {path}")
-        return load_model_file(path, device=dev)[0]
     models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
-    manifest = _read_manifest(models_dir)
-    if name in manifest:
-        entry = manifest[name]
-        return load_model_file(models_dir / entry["file"], sha256=entry["sha256"], device=dev)[0]
+    manifest = read_manifest(models_dir)
+    path = Path(name)
+    if path.suffix == ".pt" or path.is_file() or name in manifest:
+        return load_shipped(name, models_dir=models_dir, device=device)
     cfg = select(PROFILES, profile)
     names = shipped_names(cfg)
     if name not in names:
@@ -980,20 +957,6 @@ def load_model(
     return _model(ctx, lam, s).model
 
 
-def find_model_by_id(model_id_hex: str, models_dir: Path | None = None,
-                     device: str = "cpu") -> NCVAE:
-    """The shipped model whose id (first 4 bytes of its weights' SHA-256) is ``model_id_hex``."""
-    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
-    for entry in _read_manifest(models_dir).values():
-        if entry.get("model_id") == model_id_hex:
-            return load_model_file(models_dir / entry["file"], sha256=entry["sha256"],
-                                   device=resolve_device(device))[0]
-    raise DataNotFoundError(
-        f"no shipped model in {models_dir} has id {model_id_hex}; pass the model that encoded "
-        "the file with --model"
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m ibcore.runners.ncvae export [--profile cpu] [--seed 0] [--dest models/ncvae]``."""
     parser = argparse.ArgumentParser(prog="python -m ibcore.runners.ncvae")
@@ -1013,7 +976,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
-    for name, entry in _read_manifest(path.parent).items():
+    for name, entry in read_manifest(path.parent).items():
         print(f"  {name}: {entry['file']} sha256 {entry['sha256'][:16]}… λ={entry['rate_weight']:g}")
     return 0
 
