@@ -39,6 +39,7 @@ def _old_bitstream(ref: str, root: Path):
     tmp.write_text(source, encoding="utf-8")
     spec = importlib.util.spec_from_file_location("bitstream_v1", tmp)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["bitstream_v1"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     assert module.FORMAT_VERSION == 1
     return module
