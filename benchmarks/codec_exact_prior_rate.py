@@ -10,7 +10,8 @@ same integer latents twice: with the current format (fixed-point RDO module, tab
 exact side tables, two 4-byte checks in the header) and with format version 1 (the float RDO
 module's exact means and scales), whose code is read from git at ``--old-ref``. Both files code
 the same ``ŷ`` and ``ĥ`` (the analysis transform runs once), so the size difference is the
-cost of the change alone. It also times the entropy-coding stage of both (noisy on a shared
+cost of the change alone; it is reported for whole files and for the payload alone (without
+the header, which grew by the 8 bytes of the two checks). It also times the entropy-coding stage of both (noisy on a shared
 machine; the codec's speed is benchmarked by ``codec_speed.py``). The result is recorded as
 ``results/benchmarks/codec_exact_prior_rate/cpu-seed0.json`` unless ``--no-record`` is given.
 """
@@ -84,6 +85,8 @@ def run(args: argparse.Namespace) -> tuple[dict, list[dict], dict]:
                 "model": name, "image": image_name, "height": height, "width": width,
                 "bytes_v1": len(data_old), "bytes_v2": len(data_new),
                 "relative_change": len(data_new) / len(data_old) - 1.0,
+                "payload_bytes_v1": 4 * old.unpack(data_old)[1].size,
+                "payload_bytes_v2": 4 * new.unpack(data_new)[1].size,
                 "bpp_v1": 8 * len(data_old) / (height * width),
                 "bpp_v2": 8 * len(data_new) / (height * width),
                 "entropy_encode_s_v1": t1 - t0, "entropy_encode_s_v2": t2 - t1,
@@ -91,7 +94,10 @@ def run(args: argparse.Namespace) -> tuple[dict, list[dict], dict]:
             })
             print(f"{name} {image_name}: {len(data_old)} -> {len(data_new)} bytes "
                   f"({100 * rows[-1]['relative_change']:+.3f} %)", file=sys.stderr)
+    for r in rows:
+        r["payload_relative_change"] = r["payload_bytes_v2"] / r["payload_bytes_v1"] - 1.0
     changes = [r["relative_change"] for r in rows]
+    payload = [r["payload_relative_change"] for r in rows]
     per_model = {m: statistics.fmean(r["relative_change"] for r in rows if r["model"] == m)
                  for m in sorted(manifest)}
     metrics = {
@@ -99,6 +105,13 @@ def run(args: argparse.Namespace) -> tuple[dict, list[dict], dict]:
         "max_relative_change": max(changes),
         "min_relative_change": min(changes),
         "mean_relative_change_per_model": per_model,
+        "mean_payload_relative_change": statistics.fmean(payload),
+        "max_payload_relative_change": max(payload),
+        "min_payload_relative_change": min(payload),
+        "total_bytes_v1": sum(r["bytes_v1"] for r in rows),
+        "total_bytes_v2": sum(r["bytes_v2"] for r in rows),
+        "total_payload_bytes_v1": sum(r["payload_bytes_v1"] for r in rows),
+        "total_payload_bytes_v2": sum(r["payload_bytes_v2"] for r in rows),
         "files": len(rows),
         "entropy_encode_s_v1_total": sum(r["entropy_encode_s_v1"] for r in rows),
         "entropy_encode_s_v2_total": sum(r["entropy_encode_s_v2"] for r in rows),
