@@ -55,6 +55,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Context, Decimal
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -105,6 +106,13 @@ def scale_table(scale_min: float) -> tuple[np.ndarray, np.ndarray]:
     """
     if not (0.0 < scale_min < SCALE_MAX):
         raise InvalidParameterError(f"scale_min must lie in (0, {SCALE_MAX}), got {scale_min}")
+    levels, thresholds = _scale_table(float(scale_min))
+    return np.array(levels, dtype=np.float64), np.array(thresholds, dtype=np.int64)
+
+
+@lru_cache(maxsize=8)
+def _scale_table(scale_min: float) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """:func:`scale_table` as tuples (a pure function of ``scale_min``, computed once)."""
     ctx = _ctx()
     levels = _decimal_scale_levels(scale_min)
     smin = Decimal(scale_min)
@@ -115,8 +123,7 @@ def scale_table(scale_min: float) -> tuple[np.ndarray, np.ndarray]:
         c = ctx.subtract(mid, smin)  # softplus(s) ≥ c  ⇔  s ≥ ln(e^c − 1)
         t = ctx.ln(ctx.subtract(ctx.exp(c), Decimal(1)))
         thresholds.append(int(ctx.multiply(t, unit).to_integral_value(rounding=ROUND_CEILING)))
-    return (np.array([float(v) for v in levels], dtype=np.float64),
-            np.array(thresholds, dtype=np.int64))
+    return tuple(float(v) for v in levels), tuple(thresholds)
 
 
 def _fixed(t: torch.Tensor, what: str) -> np.ndarray:
