@@ -239,14 +239,20 @@ def test_files_decode_bit_identically_at_another_thread_count(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_encoded_file_decodes_on_the_cpu():
-    model = zoo.load_shipped("q3", models_dir=MODELS)
+    """The probabilities are exact on any device; the synthesis stays in floating point, so a
+    GPU's and a CPU's reconstructions of the same latents may differ by one level in a pixel."""
+    gpu = zoo.load_shipped("q3", models_dir=MODELS, device="cuda")
+    cpu = zoo.load_shipped("q3", models_dir=MODELS, device="cpu")
     gen = torch.Generator().manual_seed(0)
     image = (torch.rand(3, 200, 300, generator=gen) * 255).to(torch.uint8)
-    data = bs.encode(model.to("cuda"), image)
-    cpu = model.to("cpu")
-    header, y_hat, _ = bs.decode_latents(cpu, data)  # raises if the probabilities differ
-    assert torch.equal(bs.decode(cpu, data), bs.decode(model.to("cuda"), data))
-    assert bs.decode(cpu, data).shape == (3, 200, 300) and y_hat.abs().sum() > 0
+    res = bs.encode_detailed(gpu, image)
+    _, y_cpu, h_cpu = bs.decode_latents(cpu, res.data)  # raises if the probabilities differ
+    assert torch.equal(y_cpu, res.y_hat) and torch.equal(h_cpu, res.h_hat)
+    _, y_gpu, _ = bs.decode_latents(gpu, res.data)
+    assert torch.equal(y_gpu.cpu(), y_cpu)
+    on_cpu = bs.decode(cpu, res.data)
+    assert on_cpu.shape == (3, 200, 300)
+    assert (on_cpu.int() - res.reconstruction.int()).abs().max() <= 1
 
 
 # --------------------------------------------------------------------------- registry
