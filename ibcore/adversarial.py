@@ -55,7 +55,13 @@ def fgsm(
         raise InvalidParameterError(f"clip must be (low, high) with low < high, got {clip}")
     xx = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        loss = F.cross_entropy(model(xx), y)
+        logits = model(xx)
+        if logits.device != y.device:
+            raise InvalidParameterError(
+                f"the model returned logits on {logits.device} for inputs on {x.device}, but the "
+                f"labels are on {y.device}; the model must compute on its inputs' device"
+            )
+        loss = F.cross_entropy(logits, y)
         (grad,) = torch.autograd.grad(loss, xx)
     adv = x.detach() + eps * grad.sign()
     if clip is not None:

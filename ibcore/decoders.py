@@ -18,7 +18,9 @@ within-class covariance (linear discriminant analysis). The decoder's output is 
     \log q(y = c \mid z) = \log \pi_c + \log \mathcal N(z; \mu_c, \Sigma_c)
     - \log \sum_{c'} \pi_{c'}\, \mathcal N(z; \mu_{c'}, \Sigma_{c'}),
 
-differentiable in :math:`z` (so FGSM can attack encoder + decoder together).
+differentiable in :math:`z` (so FGSM can attack encoder + decoder together). The decoder
+computes on the device of the latents it is given and returns its output there, wherever it was
+fitted (:meth:`GaussianMixtureDecoder.to` moves it once, to avoid a copy per call).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ __all__ = ["GaussianMixtureDecoder", "fit_gaussian_mixture"]
 @dataclass(frozen=True)
 class GaussianMixtureDecoder:
     """Fitted class priors ``log_prior [C]``, means ``means [C, K]``, Cholesky factors
-    ``chol [C, K, K]`` of the class covariances (float64)."""
+    ``chol [C, K, K]`` of the class covariances (float64), all on one device."""
 
     log_prior: Tensor
     means: Tensor
@@ -52,20 +54,34 @@ class GaussianMixtureDecoder:
     def latent_dim(self) -> int:
         return int(self.means.shape[1])
 
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
+
+    def to(self, device: torch.device | str) -> GaussianMixtureDecoder:
+        """The same decoder with its parameters on ``device`` (``self`` if already there)."""
+        device = torch.device(device)
+        if self.means.device == device:
+            return self
+        return GaussianMixtureDecoder(self.log_prior.to(device), self.means.to(device),
+                                      self.chol.to(device))
+
     def log_likelihood(self, z: Tensor) -> Tensor:
-        r""":math:`\log \mathcal N(z; \mu_c, \Sigma_c)` for every row and class, ``[B, C]``."""
+        r""":math:`\log \mathcal N(z; \mu_c, \Sigma_c)` for every row and class, ``[B, C]``
+        (float64, on ``z``'s device)."""
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ShapeError(f"z must have shape [B, {self.latent_dim}], got {tuple(z.shape)}")
-        zz = z.to(self.means.dtype).to(self.means.device)
-        diff = (zz.unsqueeze(0) - self.means.unsqueeze(1)).transpose(1, 2)  # [C, K, B]
-        sol = torch.linalg.solve_triangular(self.chol, diff, upper=False)  # L⁻¹(z − μ)
+        params = self.to(z.device)
+        zz = z.to(params.means.dtype)
+        diff = (zz.unsqueeze(0) - params.means.unsqueeze(1)).transpose(1, 2)  # [C, K, B]
+        sol = torch.linalg.solve_triangular(params.chol, diff, upper=False)  # L⁻¹(z − μ)
         maha = sol.square().sum(dim=1).T  # [B, C]
-        logdet = 2.0 * torch.log(torch.diagonal(self.chol, dim1=1, dim2=2)).sum(dim=1)  # [C]
+        logdet = 2.0 * torch.log(torch.diagonal(params.chol, dim1=1, dim2=2)).sum(dim=1)  # [C]
         return -0.5 * (maha + logdet + self.latent_dim * math.log(2.0 * math.pi))
 
     def log_posterior(self, z: Tensor) -> Tensor:
-        """``log q(y | z)`` ``[B, C]`` in ``z``'s dtype (usable as logits)."""
-        joint = self.log_likelihood(z) + self.log_prior
+        """``log q(y | z)`` ``[B, C]`` in ``z``'s dtype and on ``z``'s device (usable as logits)."""
+        joint = self.log_likelihood(z) + self.log_prior.to(z.device)
         return (joint - torch.logsumexp(joint, dim=1, keepdim=True)).to(z.dtype)
 
     def __call__(self, z: Tensor) -> Tensor:

@@ -15,6 +15,11 @@ from ibcore.errors import UnknownNameError
 
 PROFILE_NAMES: tuple[str, ...] = ("smoke", "cpu", "paper")
 
+SPEED_DEFAULTS: dict[str, Any] = {"amp": None, "cudnn_benchmark": False}
+"""The GPU speed switches some configs carry (``amp``: mixed precision, ``cudnn_benchmark``),
+with their defaults (off). See :func:`ibcore.device.autocast` and
+:func:`ibcore.device.cudnn_benchmark`."""
+
 T = TypeVar("T")
 
 
@@ -34,3 +39,17 @@ def as_dict(config: Any) -> dict[str, Any]:
     if isinstance(config, Mapping):
         return dict(config)
     raise TypeError(f"cannot describe config of type {type(config).__name__}")
+
+
+def identity_dict(config: Any) -> dict[str, Any]:
+    """:func:`as_dict` without the speed switches of :data:`SPEED_DEFAULTS` left at their defaults.
+
+    For checkpoint and cache fingerprints: a run with the switches off has the fingerprint it
+    had before the switches existed (so its checkpoints stay valid), and turning one on gives a
+    new fingerprint (its numbers differ in the last bits).
+    """
+    out = as_dict(config)
+    for key, default in SPEED_DEFAULTS.items():
+        if key in out and out[key] == default:
+            del out[key]
+    return out

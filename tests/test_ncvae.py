@@ -210,6 +210,58 @@ def test_lazy_and_eager_sources_agree_on_downscaled_jpegs(tmp_path):
     assert torch.equal(a, eager.sample(257, 4, torch.Generator().manual_seed(2)))
 
 
+def test_cached_source_decodes_each_image_once_and_gives_the_same_crops(tmp_path, monkeypatch):
+    import ibcore.data.images as images
+
+    folder = tmp_path / "imgs"
+    _write_standin(folder, [(300, 310), (280, 400), (260, 260)])
+    eager = CropSource(folder, in_memory=True, recursive=True)
+    cached = CropSource(folder, in_memory=False, recursive=True, workers=2,
+                        cache_dir=tmp_path / "cache")
+    plain = CropSource(folder, in_memory=False, recursive=True, workers=2)
+    decoded = []
+    real_load = images.load_image
+    monkeypatch.setattr(images, "load_image",
+                        lambda p, **kw: decoded.append(p) or real_load(p, **kw))
+    crops = [cached.sample(128, 5, torch.Generator().manual_seed(seed)) for seed in range(4)]
+    assert len(decoded) == len(set(decoded)) == 3  # each image decoded once, on first use
+    files = sorted((tmp_path / "cache").glob("*.npy"))
+    assert len(files) == 3
+    for seed, a in enumerate(crops):
+        assert torch.equal(a, eager.sample(128, 5, torch.Generator().manual_seed(seed)))
+        assert torch.equal(a, plain.sample(128, 5, torch.Generator().manual_seed(seed)))
+    # a second source on the same cache decodes nothing
+    decoded.clear()
+    again = CropSource(folder, in_memory=False, recursive=True, cache_dir=tmp_path / "cache")
+    assert torch.equal(again.sample(128, 5, torch.Generator().manual_seed(0)), crops[0])
+    assert decoded == []
+    # a damaged cache file is named, not read as an image
+    np.save(files[0], np.zeros((3, 5, 5), dtype=np.uint8))
+    idx = next(i for i in range(3) if again.cache_path(i) == files[0])
+    with pytest.raises(DataNotFoundError, match="delete it"):
+        again._decoded(idx)
+
+
+def test_prefetched_batches_equal_direct_draws():
+    calls = []
+
+    def draw(step):
+        calls.append(step)
+        return torch.full((2,), float(step))
+
+    pre = runner._Prefetcher(draw, enabled=True)
+    try:
+        got = [pre.get(s) for s in (0, 1, 2, 5, 6)]
+    finally:
+        pre.close()
+    assert [float(g[0]) for g in got] == [0, 1, 2, 5, 6]
+    # each step drawn once; 3 and 7 were prefetched (3 wasted by the jump to 5)
+    assert len(calls) == len(set(calls)) and {0, 1, 2, 5, 6} <= set(calls) <= set(range(8))
+    off = runner._Prefetcher(draw, enabled=False)
+    calls.clear()
+    assert float(off.get(4)[0]) == 4 and calls == [4]
+
+
 def test_paper_profile_model_takes_one_step_on_a_tiny_batch():
     cfg = runner.PROFILES["paper"]
     assert (cfg.crop, cfg.batch_size, cfg.epochs, cfg.lr, cfg.lr_decay, cfg.lr_decay_every) == (

@@ -17,7 +17,7 @@ import torch
 from ibcore.checkpoint import fingerprint_of
 from ibcore.device import resolve_device, seed_everything
 from ibcore.errors import UnknownNameError
-from ibcore.profiles import as_dict, select
+from ibcore.profiles import as_dict, identity_dict, select
 from ibcore.results import RunRecorder, default_results_root
 from ibcore.validation import check_int
 
@@ -46,7 +46,8 @@ class RunContext:
 
     def fingerprint(self, experiment: str, **extra: Any) -> str:
         return fingerprint_of({"chapter": self.chapter, "experiment": experiment,
-                               "seed": self.seed, "config": as_dict(self.config), **extra})
+                               "seed": self.seed, "config": identity_dict(self.config),
+                               **extra})
 
     def recorder(self, experiment: str) -> RunRecorder:
         return RunRecorder(chapter=self.chapter, experiment=experiment, profile=self.profile,

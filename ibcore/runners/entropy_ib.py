@@ -51,7 +51,7 @@ from ibcore.checkpoint import fingerprint_of
 from ibcore.data import load_tensors, subset, to_unit_float
 from ibcore.data.vision import DATASETS
 from ibcore.decoders import GaussianMixtureDecoder, fit_gaussian_mixture
-from ibcore.device import seed_everything
+from ibcore.device import autocast, check_amp, cudnn_benchmark, isolated_rng, seed_everything
 from ibcore.errors import (
     CheckpointError,
     InvalidParameterError,
@@ -67,7 +67,7 @@ from ibcore.estimators.knn_entropy import (
 from ibcore.models.init import init_from_generator
 from ibcore.models.resnet import ResFC, ResNetEncoder
 from ibcore.objectives.entropy_ib import check_beta2, entropy_ib_loss
-from ibcore.profiles import as_dict
+from ibcore.profiles import as_dict, identity_dict
 from ibcore.projection import pca_2d
 from ibcore.runners.context import RunContext, prepare_run
 from ibcore.tasks import Task, run_experiments
@@ -141,8 +141,14 @@ class EntropyIBConfig:
     fgsm_epsilon: float = 0.05
     fgsm_subset: int = 1000
     pca_points: int = 300
+    # GPU speed switches (off in every profile; see ibcore.device): bf16 autocast of the
+    # encoder's forward pass in training (the kNN entropies, their search and the losses stay
+    # in float32/float64), and cuDNN's algorithm search (not bit-reproducible)
+    amp: str | None = None
+    cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
+        check_amp(self.amp)
         if self.dataset not in DATASETS:
             raise UnknownNameError(
                 f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
@@ -184,7 +190,10 @@ class EntropyIBConfig:
                 "latent_dim", "batch_size", "epochs", "lr", "lr_factor", "plateau_patience",
                 "k", "dropout", "plane_width", "plane_blocks", "plane_steps",
                 "plane_batch_size", "resfc_lr")
-        return {key: getattr(self, key) for key in keys}
+        view = {key: getattr(self, key) for key in keys}
+        if self.amp is not None:  # absent when off: earlier checkpoints keep their fingerprint
+            view["amp"] = self.amp
+        return view
 
 
 _CPU = EntropyIBConfig()
@@ -469,7 +478,10 @@ def _train(ctx: _Context, spec: ModelSpec, folder: Path) -> tuple[dict[str, nn.M
 
     def step_fn(batch: tuple[Tensor, ...], step: int) -> dict[str, Tensor]:
         x, y = to_unit_float(batch[0]), batch[1]
-        z_hat = enc(x)
+        with autocast(dev, cfg.amp):
+            z_hat = enc(x)
+            logits_amp = modules["head"](z_hat) if spec.kind != "ib" else None
+        z_hat = z_hat.float()  # the kNN estimator and its exact search stay in full precision
         if spec.kind == "ib":
             terms = entropy_ib_loss(z_hat, y, float(spec.beta2), noise=spec.noise, k=cfg.k,
                                     small_classes="skip")
@@ -478,7 +490,8 @@ def _train(ctx: _Context, spec: ModelSpec, folder: Path) -> tuple[dict[str, nn.M
                    "h_z_given_y_nats": terms["h_z_given_y"],
                    "skipped_classes": terms["skipped_classes"]}
         else:
-            logits = modules["head"](z_hat)
+            assert logits_amp is not None
+            logits = logits_amp.float()
             loss = F.cross_entropy(logits, y)
             out = {"loss": loss.detach(),
                    "accuracy": (logits.argmax(1) == y).float().mean().detach()}
@@ -488,6 +501,10 @@ def _train(ctx: _Context, spec: ModelSpec, folder: Path) -> tuple[dict[str, nn.M
         return out
 
     def epoch_end(epoch: int) -> dict[str, float]:
+        with isolated_rng(dev):  # the training noise continues as if this had not run
+            return _epoch_row(epoch)
+
+    def _epoch_row(epoch: int) -> dict[str, float]:
         row: dict[str, float] = {"lr": float(opt.param_groups[0]["lr"])}
         if spec.kind != "ib":
             with torch.no_grad():
@@ -559,7 +576,7 @@ def _evaluate(ctx: _Context, spec: ModelSpec, modules: dict[str, nn.Module]) -> 
         with torch.no_grad():
             out["test_accuracy_resfc"] = _accuracy(resfc(z_test.to(dev)), data.test_y)
         out["train_ce_resfc_nats"] = ce
-        attacked = _IBClassifier(enc, gmm)
+        attacked = _IBClassifier(enc, gmm.to(dev))  # decodes on the encoder's device
     else:
         with torch.no_grad():
             out["test_accuracy_head"] = _accuracy(modules["head"](z_test.to(dev)), data.test_y)
@@ -596,7 +613,7 @@ def _model_evals(ctx: _Context, spec: ModelSpec) -> dict[str, Any]:
     folder = ctx.checkpoint_dir("sweep")
     path = folder / f"{spec.key}.eval.json"
     fp = fingerprint_of({"chapter": CHAPTER, "seed": ctx.seed, "spec": as_dict(spec),
-                         "config": as_dict(ctx.config)})
+                         "config": identity_dict(ctx.config)})
     if ctx.resume and path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("fingerprint") != fp:
@@ -606,7 +623,8 @@ def _model_evals(ctx: _Context, spec: ModelSpec) -> dict[str, Any]:
         return saved["evals"]
     modules, evals = _train(ctx, spec, folder)
     t0 = time.perf_counter()
-    evals.update(_evaluate(ctx, spec, modules))
+    with isolated_rng(ctx.device):  # evaluation draws only from its own generators
+        evals.update(_evaluate(ctx, spec, modules))
     evals["eval_seconds"] = time.perf_counter() - t0
     atomic_write_json(path, {"fingerprint": fp, "model": spec.key, "evals": evals})
     evals["_fresh"] = True
@@ -726,7 +744,8 @@ def plan(ctx: _Context, experiments: Sequence[str]) -> list[Task]:
 
 
 def run_task(ctx: _Context, task: Task) -> None:
-    _model_evals(ctx, task.spec)
+    with cudnn_benchmark(ctx.config.cudnn_benchmark):
+        _model_evals(ctx, task.spec)
 
 
 def assemble(ctx: _Context, experiment: str) -> Path:

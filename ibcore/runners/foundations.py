@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ibcore.device import isolated_rng
 from ibcore.errors import InvalidParameterError, ShapeError, UnknownNameError
 from ibcore.estimators.gaussian_ib import (
     critical_betas,
@@ -636,7 +637,8 @@ def _run_gaussian_vib(ctx: _Context) -> Path:
                                 **{f"train_{n}": float(v) for n, v in start.items()}})
 
             def epoch_end(epoch: int, model: LinearGaussianVIB = model) -> dict[str, float]:
-                return _epoch_point(model, problem)
+                with isolated_rng(ctx.device):  # exact information: no draw, RNG untouched
+                    return _epoch_point(model, problem)
 
             optimizer = torch.optim.Adam(model.parameters(), lr=cfg.vib_lr, foreach=True)
             trainer = Trainer(

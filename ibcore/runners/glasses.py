@@ -63,6 +63,7 @@ from torch import Tensor, nn
 
 from ibcore.checkpoint import load_checkpoint, save_checkpoint
 from ibcore.data import load_tensors, subset, to_unit_float
+from ibcore.device import isolated_rng
 from ibcore.errors import CheckpointError, InvalidParameterError, UnknownNameError
 from ibcore.estimators.divergences import density_ratio_kl, mmd2_unbiased
 from ibcore.estimators.rate import FactorizedDensity
@@ -857,7 +858,8 @@ def _train_and_measure(
         fns = {"loss_fn": _loss_fn(model, cfg)}
 
     def epoch_end(epoch: int) -> dict[str, float]:
-        return _trajectory_point(model, data, cfg, ctx.device, traj_seed)
+        with isolated_rng(ctx.device):  # draws from its own generator; training RNG untouched
+            return _trajectory_point(model, data, cfg, ctx.device, traj_seed)
 
     torch.manual_seed(model_seed)  # the global RNG the losses draw from; resume restores it
     trainer = Trainer(
@@ -881,11 +883,12 @@ def _train_and_measure(
     for module in model.modules().values():
         module.eval()
     t0 = time.perf_counter()
-    measured = _measure(model, data, cfg, ctx.device, _stable_seed("measure", experiment, name,
-                                                                   ctx.seed))
-    novelty = _novelty(model, data, cfg, ctx.device)
-    pictures = _pictures(model, data.test[:N_FIXED_IMAGES], cfg, ctx.device,
-                         _stable_seed("pictures", experiment, ctx.seed))
+    with isolated_rng(ctx.device):  # the measurements draw from their own generators
+        measured = _measure(model, data, cfg, ctx.device,
+                            _stable_seed("measure", experiment, name, ctx.seed))
+        novelty = _novelty(model, data, cfg, ctx.device)
+        pictures = _pictures(model, data.test[:N_FIXED_IMAGES], cfg, ctx.device,
+                             _stable_seed("pictures", experiment, ctx.seed))
     measured["train_seconds"] = train_seconds
     measured["measure_seconds"] = time.perf_counter() - t0
     result = {

@@ -40,6 +40,7 @@ from torch import Tensor
 from ibcore.atomic import atomic_write_json
 from ibcore.checkpoint import fingerprint_of
 from ibcore.data.multimnist import MULTI_DATASETS, label_entropy_nats, load_multi, multi_hot
+from ibcore.device import cudnn_benchmark, isolated_rng
 from ibcore.errors import CheckpointError, UnknownNameError
 from ibcore.metrics import exact_set_accuracy, per_label_accuracy
 from ibcore.models.gmvib import KINDS, BottleneckClassifier
@@ -103,6 +104,10 @@ class GMVIBConfig:
     beta_kinds: tuple[str, ...] = ("vib", "gmvib")
     weights_shown: int = 6
     projection_points: int = 300
+    # GPU speed switch (off in every profile): cuDNN's algorithm search for the convolutions,
+    # faster on a GPU but not bit-reproducible (see ibcore.device.cudnn_benchmark). No autocast:
+    # the sampled latents and the KL/Dirichlet rates need float32
+    cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
         for ds in self.datasets:
@@ -235,26 +240,27 @@ def evaluate_model(
     """Test metrics of ``model`` on ``uint8`` images ``x`` and multi-hot labels ``y``.
 
     Scores are the sigmoid probabilities averaged over ``samples`` encoder draws; the
-    prediction is the top-``M`` classes. The Monte-Carlo noise comes from a forked global RNG
-    seeded with ``seed`` (the training RNG is left untouched). Rates and cross-entropies are
-    means over the images, in nats.
+    prediction is the top-``M`` classes. The Monte-Carlo noise comes from the global RNGs of the
+    CPU and of ``device`` seeded with ``seed`` inside :func:`ibcore.device.isolated_rng`, which
+    restores both afterwards: the training noise (CPU or CUDA) is left untouched. Rates and
+    cross-entropies are means over the images, in nats (summed on ``device``, one host sync).
     """
     model.eval()
-    sums = {"ce": 0.0, "rate": 0.0}
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # Σ n·ce, Σ n·rate
     scores = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with isolated_rng(device, seed):
         for i in range(0, x.shape[0], batch_size):
             xb = _inputs(x[i : i + batch_size]).to(device)
             yb = y[i : i + batch_size].to(device)
             out = model(xb, samples=samples)
             terms = bottleneck_objective(model.kind, out, yb, beta, alpha_prior)
             n = xb.shape[0]
-            sums["ce"] += float(terms["ce"]) * n
-            sums["rate"] += float(terms.get("rate", torch.zeros(()))) * n
+            sums[0] += terms["ce"].detach().double() * n
+            if "rate" in terms:
+                sums[1] += terms["rate"].detach().double() * n
             scores.append(torch.sigmoid(out.logits).mean(0).cpu())
     s = torch.cat(scores)
-    ce, rate = sums["ce"] / x.shape[0], sums["rate"] / x.shape[0]
+    ce, rate = (float(v) / x.shape[0] for v in sums.cpu())
     row = {
         "test_exact_set_accuracy": exact_set_accuracy(s, y),
         "test_per_label_accuracy": per_label_accuracy(s, y),
@@ -522,7 +528,8 @@ def plan(ctx: _Context, experiments: Sequence[str]) -> list[Task]:
 
 
 def run_task(ctx: _Context, task: Task) -> None:
-    _train_and_evaluate(ctx, task.spec)
+    with cudnn_benchmark(ctx.config.cudnn_benchmark):
+        _train_and_evaluate(ctx, task.spec)
 
 
 def assemble(ctx: _Context, experiment: str) -> Path:

@@ -53,7 +53,7 @@ from ibcore.atomic import atomic_write_json
 from ibcore.checkpoint import fingerprint_of
 from ibcore.data import load_tensors, pad_to_size, subset
 from ibcore.data.vision import DATASETS
-from ibcore.device import seed_everything
+from ibcore.device import autocast, check_amp, cudnn_benchmark, isolated_rng, seed_everything
 from ibcore.errors import (
     CheckpointError,
     InvalidParameterError,
@@ -160,8 +160,15 @@ class InfomaxConfig:
     tradeoff_estimator: str = "infonce"
     tradeoff_lambdas: tuple[float, ...] = (0.0, 0.5, 0.9, 1.0)
     pca_points: int = 500
+    # GPU speed switches (off in every profile; see ibcore.device): bf16 autocast of the
+    # encoder's and the critics' forward passes in training (the MI bounds, the losses and
+    # every evaluation stay in float32/float64), and cuDNN's algorithm search (not
+    # bit-reproducible)
+    amp: str | None = None
+    cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
+        check_amp(self.amp)
         if self.dataset not in DATASETS:
             raise UnknownNameError(
                 f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
@@ -195,7 +202,10 @@ class InfomaxConfig:
         keys = ("dataset", "train_subset", "test_subset", "width", "fc_dim", "y_dim",
                 "critic_hidden", "critic_embed", "prior_hidden", "epochs", "lr", "mi_eval_size",
                 "trace_every_steps")
-        return {k: getattr(self, k) for k in keys}
+        view = {k: getattr(self, k) for k in keys}
+        if self.amp is not None:  # absent when off: earlier checkpoints keep their fingerprint
+            view["amp"] = self.amp
+        return view
 
 
 _CPU = InfomaxConfig()
@@ -418,20 +428,41 @@ def build_dim_modules(
     return modules
 
 
+def _critic_under(critic: nn.Module, amp: str | None,
+                  device: torch.device) -> Callable[[Tensor, Tensor], Tensor]:
+    """``critic`` itself, or (with ``amp``) the critic run under autocast with float32 scores."""
+    if amp is None:
+        return critic
+
+    def scores(local: Tensor, y: Tensor) -> Tensor:
+        with autocast(device, amp):
+            return critic(local, y).float()
+
+    return scores
+
+
 def dim_step(
     modules: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
     images: Tensor,
     spec: ModelSpec,
+    *,
+    amp: str | None = None,
 ) -> dict[str, Tensor]:
     """One DIM update on a batch of encoder inputs (floats).
 
     With γ > 0 the prior discriminator first takes a step on ``−E_V log D − E_P log(1 − D)``
     (codes detached), then the encoder and the MI critics take one step on
     ``−(Î_G + Î_L)`` (encoder gradient ``−(α∇Î_G + β∇Î_L)``) ``+ γ · (−E_P log D(E(x)))``.
-    Prior samples come from torch's global RNG (checkpointed by the trainer).
+    Prior samples come from torch's global RNG (checkpointed by the trainer). ``amp="bf16"``
+    runs the encoder and the critics under :func:`ibcore.device.autocast` (on a GPU); their
+    outputs are cast back to float32 before the bounds and losses.
     """
-    out = modules["encoder"](images)
+    dev = images.device
+    with autocast(dev, amp):
+        out = modules["encoder"](images)
+    if amp is not None:
+        out = dataclasses.replace(out, local=out.local.float(), y=out.y.float())
     terms: dict[str, Tensor] = {}
     gen_loss: Tensor | None = None
     if spec.gamma > 0:
@@ -444,8 +475,9 @@ def dim_step(
         gen_loss = prior_generator_loss(prior(out.y))
         terms["prior_disc_loss"] = d_loss.detach()
         terms["prior_gen_loss"] = gen_loss.detach()
-    mi = dim_mi_terms(out.local, out.y, modules["global_critic"], modules["local_critic"],
-                      str(spec.estimator), alpha=spec.alpha, beta=spec.beta)
+    mi = dim_mi_terms(out.local, out.y, _critic_under(modules["global_critic"], amp, dev),
+                      _critic_under(modules["local_critic"], amp, dev), str(spec.estimator),
+                      alpha=spec.alpha, beta=spec.beta)
     loss = mi["loss"] if gen_loss is None else mi["loss"] + spec.gamma * gen_loss
     optimizers["main"].zero_grad(set_to_none=True)
     loss.backward()
@@ -649,21 +681,24 @@ class _Model:
         def step_fn(batch: tuple[Tensor, ...], step: int) -> dict[str, Tensor]:
             x = image_transform(batch[0])
             if spec.kind == "dim":
-                terms = dim_step(modules, optimizers, x, spec)
+                terms = dim_step(modules, optimizers, x, spec, amp=cfg.amp)
                 if trace is not None and (step + 1) % cfg.trace_every_steps == 0:
                     for m in modules.values():
                         m.eval()
-                    trace.add(step + 1, held_out_mi(modules, eval_images, _TRACE_ESTIMATORS))
+                    with isolated_rng(dev):
+                        trace.add(step + 1, held_out_mi(modules, eval_images, _TRACE_ESTIMATORS))
                     for m in modules.values():
                         m.train()
                 return terms
             if spec.kind == "supervised":
-                logits = modules["classifier"](x)
+                with autocast(dev, cfg.amp):
+                    logits = modules["classifier"](x).float()
                 loss = F.cross_entropy(logits, batch[1])
                 terms = {"loss": loss,
                          "accuracy": (logits.argmax(1) == batch[1]).float().mean().detach()}
             else:
-                recon = modules["decoder"](modules["encoder"](x).y)
+                with autocast(dev, cfg.amp):
+                    recon = modules["decoder"](modules["encoder"](x).y).float()
                 loss = F.mse_loss(recon, x)
                 terms = {"loss": loss}
             optimizers["main"].zero_grad(set_to_none=True)
@@ -673,7 +708,8 @@ class _Model:
 
         def epoch_end(epoch: int) -> dict[str, float]:
             if spec.kind == "dim":
-                return held_out_mi(modules, eval_images)
+                with isolated_rng(dev):  # the training noise continues as if this had not run
+                    return held_out_mi(modules, eval_images)
             return {}
 
         trainer = Trainer(
@@ -730,7 +766,7 @@ class _Model:
 
     def evaluate(self, needs: Sequence[str]) -> dict[str, Any]:
         """Compute (or read from the cache) the evaluations in ``needs``; return all of them."""
-        ctx, cfg = self.ctx, self.ctx.config
+        ctx = self.ctx
         missing = [n for n in needs if n not in self.evals]
         if "history" not in self.evals:
             self.ensure_trained()
@@ -738,40 +774,48 @@ class _Model:
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(ctx.model_seed(self.spec) + len(name) * 31
                                                 + sum(map(ord, name)))
-            data = ctx.get_data()
             feats = self._features()
-            if name.startswith("probe/"):
-                _, kind, level = name.split("/")
-                tr, te = standardize(feats["train"][level], feats["test"][level])
-                res = train_probe(kind, tr, data.probe_y, te, data.test_y,
-                                  classes=data.classes, config=cfg.probe, generator=gen,
-                                  device=ctx.device)
-                self.evals[name] = {"train_accuracy": res.train_accuracy,
-                                    "test_accuracy": res.test_accuracy,
-                                    "final_train_loss": res.train_loss[-1]}
-            elif name == "mine":
-                res_m = mine_estimate(image_transform(data.probe_x), feats["train"]["y"],
-                                      image_transform(data.test_x), feats["test"]["y"],
-                                      config=cfg.mine, generator=gen, device=ctx.device)
-                self.evals[name] = {"test_I_xy_nats": res_m.estimate,
-                                    "test_I_xy_std_nats": res_m.std,
-                                    "train_bound_trace": res_m.train_bound}
-            elif name == "pca":
-                coords = pca_2d(feats["test"]["y"][: cfg.pca_points])
-                self.evals[name] = {"coords": coords.tolist(),
-                                    "labels": data.test_y[: cfg.pca_points].tolist()}
-            else:
-                raise UnknownNameError(f"unknown evaluation {name!r}")
+            with isolated_rng(ctx.device):  # draws only from ``gen``; training RNG untouched
+                self.evals[name] = self._evaluation(name, feats, gen)
             self.evals[name]["seconds"] = time.perf_counter() - t0
             self._save_evals()
+        return self._baseline_evals()
+
+    def _evaluation(self, name: str, feats: dict[str, dict[str, Tensor]],
+                    gen: torch.Generator) -> dict[str, Any]:
+        """One named evaluation (``probe/<kind>/<level>``, ``mine`` or ``pca``) of the features."""
+        ctx, cfg = self.ctx, self.ctx.config
+        data = ctx.get_data()
+        if name.startswith("probe/"):
+            _, kind, level = name.split("/")
+            tr, te = standardize(feats["train"][level], feats["test"][level])
+            res = train_probe(kind, tr, data.probe_y, te, data.test_y,
+                              classes=data.classes, config=cfg.probe, generator=gen,
+                              device=ctx.device)
+            return {"train_accuracy": res.train_accuracy, "test_accuracy": res.test_accuracy,
+                    "final_train_loss": res.train_loss[-1]}
+        if name == "mine":
+            res_m = mine_estimate(image_transform(data.probe_x), feats["train"]["y"],
+                                  image_transform(data.test_x), feats["test"]["y"],
+                                  config=cfg.mine, generator=gen, device=ctx.device)
+            return {"test_I_xy_nats": res_m.estimate, "test_I_xy_std_nats": res_m.std,
+                    "train_bound_trace": res_m.train_bound}
+        if name == "pca":
+            coords = pca_2d(feats["test"]["y"][: cfg.pca_points])
+            return {"coords": coords.tolist(), "labels": data.test_y[: cfg.pca_points].tolist()}
+        raise UnknownNameError(f"unknown evaluation {name!r}")
+
+    def _baseline_evals(self) -> dict[str, Any]:
+        """Add the supervised model's test accuracy / the autoencoder's test MSE; return all."""
+        ctx = self.ctx
         if self.spec.kind == "supervised" and "supervised_test_accuracy" not in self.evals:
             self.ensure_trained()
             assert self.modules is not None
             clf = self.modules["classifier"]
             data = ctx.get_data()
-            logits = torch.cat([clf(image_transform(data.test_x[i : i + 500].to(ctx.device)))
-                                for i in range(0, data.test_x.shape[0], 500)])
             with torch.no_grad():
+                logits = torch.cat([clf(image_transform(data.test_x[i : i + 500].to(ctx.device)))
+                                    for i in range(0, data.test_x.shape[0], 500)])
                 acc = float((logits.argmax(1).cpu() == data.test_y).float().mean())
             self.evals["supervised_test_accuracy"] = acc
             self._save_evals()
@@ -950,7 +994,8 @@ def plan(ctx: _Context, experiments: Sequence[str]) -> list[Task]:
 
 def run_task(ctx: _Context, task: Task) -> None:
     needs = list(dict.fromkeys(n for e in task.experiments for n in _NEEDS[e]))
-    ctx.model(task.spec).evaluate(needs)
+    with cudnn_benchmark(ctx.config.cudnn_benchmark):
+        ctx.model(task.spec).evaluate(needs)
 
 
 def assemble(ctx: _Context, experiment: str) -> Path:

@@ -52,6 +52,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -68,7 +69,7 @@ from ibcore.codec.bdmetrics import bd_psnr, bd_rate
 from ibcore.codec.bitstream import EncodeResult, decode, encode, encode_detailed, model_id
 from ibcore.codec.zoo import default_models_dir, load_shipped, read_manifest
 from ibcore.data.images import CropSource, image_folder, load_kodak
-from ibcore.device import resolve_device
+from ibcore.device import cudnn_benchmark, isolated_rng, resolve_device
 from ibcore.errors import (
     DataNotFoundError,
     InvalidParameterError,
@@ -81,7 +82,7 @@ from ibcore.models.ncvae import (
     state_digest,
 )
 from ibcore.profiles import select
-from ibcore.results import read_artifact
+from ibcore.results import default_results_root, read_artifact
 from ibcore.runners.context import RunContext, prepare_run
 from ibcore.tasks import Task, run_experiments, written_result
 from ibcore.training import Trainer
@@ -164,6 +165,11 @@ class NCVAEConfig:
     history_eval_size: int | None = None  # per-epoch test estimate on central crops of this size
     speed_repeats: int = 3
     bd_method: str = "cubic"
+    # GPU speed switch (off in every profile): cuDNN's algorithm search for the fixed-size
+    # training crops, faster on a GPU but not bit-reproducible (ibcore.device.cudnn_benchmark).
+    # No autocast: the rate is a sum of log-differences of the entropy model's CDFs, which
+    # bfloat16 would round away
+    cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
         for name in ("channels", "latent", "hyper", "crop", "batch_size", "epochs",
@@ -418,14 +424,21 @@ class _Context(RunContext):
     def models_dir(self) -> Path:
         return self.runs_dir("models")
 
+    def decoded_cache_dir(self) -> Path:
+        """``<results root>/../runs/cache/ncvae-decoded/<train set>``: decoded training images."""
+        root = Path(self.results_root) if self.results_root is not None else default_results_root()
+        return root.parent / "runs" / "cache" / "ncvae-decoded" / self.config.train_set
+
     @property
     def source(self) -> CropSource:
         if self._source is None:
             cfg = self.config
             folder = image_folder(cfg.train_set, self.data_root)
+            # read from disk (paper profile): each image is decoded once into the cache
+            cache = None if cfg.in_memory else self.decoded_cache_dir()
             self._source = CropSource(folder, in_memory=cfg.in_memory,
                                       short_side=cfg.train_short_side,
-                                      recursive=cfg.train_set == "clic")
+                                      recursive=cfg.train_set == "clic", cache_dir=cache)
         return self._source
 
     @property
@@ -440,9 +453,43 @@ def _seed_of(*parts: Any) -> int:
 
 
 def _new_model(cfg: NCVAEConfig, init_seed: int, device: torch.device) -> NCVAE:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed)
+    # the initial weights are drawn on the CPU from the seeded global RNG, which (CPU and
+    # ``device``) is restored afterwards
+    with isolated_rng(device, init_seed):
         return NCVAE(cfg.arch, device=device)
+
+
+class _Prefetcher:
+    """Batches of a pure function ``draw(step)``, the next one prepared in a background thread.
+
+    :meth:`get` returns ``draw(step)``; when enabled it then starts ``draw(step + 1)`` in one
+    worker thread, so reading the next crops overlaps the current training step. Because a
+    batch depends on its step alone, prefetching changes no number; a call for another step
+    (after a resume) is drawn directly.
+    """
+
+    def __init__(self, draw: Callable[[int], Any], *, enabled: bool) -> None:
+        self.draw = draw
+        self.pool = ThreadPoolExecutor(max_workers=1) if enabled else None
+        self.pending: tuple[int, Future] | None = None
+
+    def get(self, step: int) -> Any:
+        if self.pending is not None and self.pending[0] == step:
+            value = self.pending[1].result()
+        else:
+            if self.pending is not None:
+                self.pending[1].cancel()
+            value = self.draw(step)
+        self.pending = None
+        if self.pool is not None:
+            self.pending = (step + 1, self.pool.submit(self.draw, step + 1))
+        return value
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        self.pending = None
 
 
 def _steps_per_epoch(ctx: _Context) -> int:
@@ -529,9 +576,18 @@ def _train(
         tests = {k: _center_crop(v, cfg.history_eval_size) for k, v in tests.items()}
     dev = ctx.device
 
-    def step_fn(batch: tuple[Tensor, ...], global_step: int) -> dict[str, Tensor | float]:
+    def draw(global_step: int) -> tuple[Tensor, torch.Generator]:
+        """The crops of ``global_step`` (a pure function of it) and the generator after them."""
         gen = torch.Generator().manual_seed(base + global_step)
-        x = source.sample(cfg.crop, cfg.batch_size, gen).to(dev, torch.float32) / 255.0
+        crops = source.sample(cfg.crop, cfg.batch_size, gen)
+        return (crops.pin_memory() if dev.type == "cuda" else crops), gen
+
+    # from disk (paper profile), the next step's crops are read while this step trains
+    batches = _Prefetcher(draw, enabled=not cfg.in_memory)
+
+    def step_fn(batch: tuple[Tensor, ...], global_step: int) -> dict[str, Tensor | float]:
+        crops, gen = batches.get(global_step)
+        x = crops.to(dev, non_blocking=True).to(torch.float32) / 255.0
         noise_gen = gen if dev.type == "cpu" else torch.Generator(dev).manual_seed(base + global_step)
         terms = model.loss(x, rate_weight, noise_std=noise_std, generator=noise_gen)
         opt.zero_grad(set_to_none=True)
@@ -542,7 +598,8 @@ def _train(
         return {k: v.detach() for k, v in terms.items()}
 
     def epoch_end(epoch: int) -> dict[str, float]:
-        row = _estimate_on_tests(model, tests, dev)
+        with isolated_rng(dev):  # deterministic; the training streams stay untouched regardless
+            row = _estimate_on_tests(model, tests, dev)
         row.update({"step": epoch * spe, "lr": float(opt.param_groups[0]["lr"])})
         return row
 
@@ -554,7 +611,10 @@ def _train(
         epoch_end_fn=epoch_end, progress=ctx.progress, desc=key,
     )
     t0 = time.perf_counter()
-    history = trainer.fit(resume=ctx.resume)
+    try:
+        history = trainer.fit(resume=ctx.resume)
+    finally:
+        batches.close()
     earlier = max(0.0, trainer.elapsed_seconds - (time.perf_counter() - t0))
     save_checkpoint(done, {"weights": model.state_dict(), "history": history,
                            "seconds": trainer.elapsed_seconds}, fingerprint=fp)
@@ -814,8 +874,9 @@ def plan(ctx: _Context, experiments: Sequence[str]) -> list[Task]:
 
 
 def run_task(ctx: _Context, task: Task) -> None:
-    for experiment in task.experiments:
-        _EXPERIMENT_FNS[experiment](ctx)
+    with cudnn_benchmark(ctx.config.cudnn_benchmark):
+        for experiment in task.experiments:
+            _EXPERIMENT_FNS[experiment](ctx)
 
 
 def assemble(ctx: _Context, experiment: str) -> Path:
