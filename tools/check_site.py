@@ -14,12 +14,20 @@ Chromium through Selenium and checks, per page:
   keys and to setting its value: exactly one frame is visible, it is the selected one, and the
   value label follows;
 * every ``to_jshtml`` animation advances when its Play button is pressed;
-* MathJax typeset every math element (none is left as raw ``\\(…\\)``/``\\[…\\]``/``$$``).
+* MathJax typeset every math element and reported no TeX error, and no TeX is left in the visible
+  text outside MathJax output (``\\command``, ``$…$``, ``$$``, ``\\(``, ``\\[``);
+* no Markdown table syntax (``| --- |``, a line of ``| a | b |`` cells) is left in the visible text;
+* no display equation is wider than its container or runs under its equation number, and no
+  table is wider than the text column;
+* the visible text uses no internal wording (``issue``, ``session``, ``bar`` other than "error
+  bar", ``helper``, ``agent``): the book speaks to readers;
+* no link points to a placeholder repository (``github.com/OWNER/…``);
+* the HTML file is at most ``--max-html-mb`` (3 MB by default).
 
 Screenshots go to ``<site>/../screenshots/<page>-<step>.png`` (``_build/screenshots`` by default).
 Prints a short report; exits 0 when every check passes, 1 when one fails, 2 when the check cannot
-run (no site, no Chromium). Needs Debian's ``chromium`` and ``chromium-driver`` packages and the
-``selenium`` Python package (see tools/README.md).
+run (no site, no Chromium). Needs Debian's ``chromium`` and ``chromium-driver`` packages and
+nothing else: :mod:`webdriver_client` talks to ChromeDriver with the standard library.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from webdriver_client import KEYS, Driver, WebDriverError  # noqa: E402 - sibling module
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -63,6 +74,25 @@ KNOWN_HARMLESS = (
     r"Identifier 'THEBE_JS_URL' has already been declared",
     r"Got invalid theme mode",
 )
+MAX_HTML_MB = 3.0
+"""Largest HTML file a page may be (MB, 10**6 bytes): figures inline as base64 count."""
+
+# Visible-text rules. The text is the page's article with code, MathJax output and equation
+# numbers removed (see _VISIBLE_TEXT), so anything TeX-like left in it is shown to the reader raw.
+RAW_TEX = (
+    (re.compile(r"\$\$"), "$$"),
+    (re.compile(r"\\[\[\]()]"), r"\( \) \[ \]"),
+    (re.compile(r"\\[A-Za-z]{2,}"), r"TeX command"),
+    (re.compile(r"\$[^$]{1,300}?\$"), "$…$"),
+)
+TABLE_SYNTAX = (
+    (re.compile(r"\|\s*:?-{3,}:?\s*\|"), "| --- | rule"),
+    (re.compile(r"^[ \t]*\|(?:[^|\n]*\|){2,}[ \t]*$", re.MULTILINE), "row of | cells |"),
+)
+INTERNAL_WORDS = re.compile(
+    r"\b(?:issues?|sessions?|helpers?|agents?)\b|(?<!error )(?<!error-)\bbars?\b", re.IGNORECASE
+)
+PLACEHOLDER_LINK = re.compile(r"github\.com/OWNER\b|/OWNER/|//(?:www\.)?example\.(?:com|org)\b")
 
 
 @dataclass
@@ -74,9 +104,12 @@ class PageReport:
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    kinds: set[str] = field(default_factory=set)
+    """The classes of defect found (``"raw-tex"``, ``"table-syntax"``, …), for tests and CI."""
 
-    def fail(self, msg: str) -> None:
+    def fail(self, msg: str, kind: str = "other") -> None:
         self.failures.append(msg)
+        self.kinds.add(kind)
 
     def note(self, msg: str) -> None:
         self.notes.append(msg)
@@ -101,24 +134,13 @@ def serve(directory: Path) -> Iterator[str]:
         server.server_close()
 
 
-def make_driver(args: argparse.Namespace, profile_dir: str) -> Any:
-    """A headless Chromium WebDriver with a fresh profile and browser-console logging."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = args.chromium
-    for flag in CHROMIUM_FLAGS:
-        opts.add_argument(flag)
+def make_driver(args: argparse.Namespace, profile_dir: str) -> Driver:
+    """A headless Chromium WebDriver session with a fresh profile and browser-console logging."""
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}",
+             f"--window-size={args.width},{args.height}"]
     if not args.online:
-        opts.add_argument(OFFLINE_FLAG)
-    opts.add_argument(f"--user-data-dir={profile_dir}")
-    opts.add_argument(f"--window-size={args.width},{args.height}")
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=args.chromedriver))
-    driver.set_page_load_timeout(args.timeout)
-    driver.set_script_timeout(args.timeout)
-    return driver
+        flags.append(OFFLINE_FLAG)
+    return Driver(args.chromium, args.chromedriver, flags, args.timeout)
 
 
 def list_pages(site: Path, only: list[str] | None) -> list[str]:
@@ -170,11 +192,13 @@ def check_console(
         if not strict and any(re.search(pat, msg) for pat in KNOWN_HARMLESS):
             rep.warnings.append(f"known theme console error: {msg[-90:]}")
         elif is_external(msg, base):
-            (rep.warnings if allow_external else rep.failures).append(
-                f"external resource failed: {msg[:160]}"
-            )
+            text = f"external resource failed: {msg[:160]}"
+            if allow_external:
+                rep.warnings.append(text)
+            else:
+                rep.fail(text, "console")
         else:
-            rep.fail(f"console error: {msg[:200]}")
+            rep.fail(f"console error: {msg[:200]}", "console")
 
 
 def check_static(driver: Any, rep: PageReport) -> None:
@@ -184,7 +208,7 @@ def check_static(driver: Any, rep: PageReport) -> None:
         ".map(i => (i.id || i.src.slice(0, 60)));"
     )
     if broken:
-        rep.fail(f"{len(broken)} broken image(s): {broken[:3]}")
+        rep.fail(f"{len(broken)} broken image(s): {broken[:3]}", "image")
     n_views = driver.execute_script(
         "return document.querySelectorAll("
         "'script[type=\"application/vnd.jupyter.widget-view+json\"], .jupyter-widgets').length;"
@@ -192,7 +216,8 @@ def check_static(driver: Any, rep: PageReport) -> None:
     if n_views:
         rep.fail(
             f"{n_views} ipywidgets view(s) on the static page (never live without a kernel); "
-            "tag the cell remove-output"
+            "tag the cell remove-output",
+            "widget",
         )
     external = driver.execute_script(
         "return [...document.querySelectorAll('script[src], link[rel=stylesheet][href]')]"
@@ -245,9 +270,7 @@ def _slider_ok(state: dict[str, Any], want: int) -> str | None:
 
 
 def check_sliders(driver: Any, rep: PageReport, shots: Path) -> None:
-    from selenium.webdriver.common.keys import Keys
-
-    sliders = driver.find_elements("css selector", "div.ibslider")
+    sliders = driver.find_elements("div.ibslider")
     ids = [s.get_attribute("id") for s in sliders]
     if len(set(ids)) != len(ids):
         rep.warnings.append("two sliders share an id (the same slider shown twice?)")
@@ -256,11 +279,11 @@ def check_sliders(driver: Any, rep: PageReport, shots: Path) -> None:
         st = driver.execute_script(_SLIDER_STATE, root)
         tag = f"slider {k} ({st['n']} frames)"
         if st["n"] < 1 or st["max"] != st["n"] - 1 or st["min"] != 0:
-            rep.fail(f"{tag}: range {st['min']}..{st['max']} does not match {st['n']} frames")
+            rep.fail(f"{tag}: range {st['min']}..{st['max']} does not match {st['n']} frames", "slider")
             continue
         why = _slider_ok(st, st["value"])
         if why:
-            rep.fail(f"{tag} before moving: {why}")
+            rep.fail(f"{tag} before moving: {why}", "slider")
             continue
         root.screenshot(str(shots / f"{rep.shot}-slider{k}-start.png"))
         if st["n"] == 1:
@@ -268,14 +291,15 @@ def check_sliders(driver: Any, rep: PageReport, shots: Path) -> None:
             continue
         start, start_label = st["value"], st["label"]
         # 1) keyboard, as a reader would: focus the range input and press an arrow key.
-        inp = root.find_element("css selector", "input[type=range]")
+        inp = root.find_element("input[type=range]")
         driver.execute_script("arguments[0].focus();", inp)
-        key, want = (Keys.ARROW_RIGHT, start + 1) if start < st["max"] else (Keys.ARROW_LEFT, start - 1)
+        key, want = ((KEYS["ARROW_RIGHT"], start + 1) if start < st["max"]
+                     else (KEYS["ARROW_LEFT"], start - 1))
         inp.send_keys(key)
         st = driver.execute_script(_SLIDER_STATE, root)
         why = _slider_ok(st, want) if st["value"] == want else f"arrow key left value {st['value']}"
         if why:
-            rep.fail(f"{tag} after arrow key: {why}")
+            rep.fail(f"{tag} after arrow key: {why}", "slider")
             continue
         # 2) programmatic jump to the far end, dispatching the same 'input' event.
         far = st["max"] if start < st["max"] // 2 + 1 else 0
@@ -290,7 +314,7 @@ def check_sliders(driver: Any, rep: PageReport, shots: Path) -> None:
         if why is None and st["label"] == start_label and st["labels"][far] != start_label:
             why = "label did not change"
         if why:
-            rep.fail(f"{tag} after setting value {far}: {why}")
+            rep.fail(f"{tag} after setting value {far}: {why}", "slider")
             continue
         root.screenshot(str(shots / f"{rep.shot}-slider{k}-moved.png"))
         check_size(rep, tag, st["width"], st["natural"])
@@ -312,7 +336,7 @@ return {ready: typeof window['anim' + id] !== 'undefined', value: Number(slider.
 
 
 def check_animations(driver: Any, rep: PageReport, shots: Path) -> None:
-    anims = driver.find_elements("css selector", "div.animation")
+    anims = driver.find_elements("div.animation")
     for k, root in enumerate(anims):
         tag = f"animation {k}"
         center(driver, root)
@@ -322,14 +346,14 @@ def check_animations(driver: Any, rep: PageReport, shots: Path) -> None:
             time.sleep(0.1)
             st = driver.execute_script(_ANIM_STATE, root)
         if not st["ready"]:
-            rep.fail(f"{tag}: its JavaScript never initialised")
+            rep.fail(f"{tag}: its JavaScript never initialised", "animation")
             continue
         root.screenshot(str(shots / f"{rep.shot}-anim{k}-start.png"))
         first_value, first_src = st["value"], st["src"]
         if st["max"] < 1:
             rep.note(f"{tag}: single frame, not played")
             continue
-        play = root.find_element("css selector", "button[title=Play]")
+        play = root.find_element("button[title=Play]")
         play.click()
         end = time.monotonic() + 8
         while time.monotonic() < end:
@@ -337,12 +361,12 @@ def check_animations(driver: Any, rep: PageReport, shots: Path) -> None:
             if st["value"] >= min(first_value + 2, st["max"]):
                 break
             time.sleep(0.1)
-        root.find_element("css selector", "button[title=Pause]").click()
+        root.find_element("button[title=Pause]").click()
         if st["value"] <= first_value or st["src"] == first_src:
-            rep.fail(f"{tag}: Play did not advance the frame (still {st['value']})")
+            rep.fail(f"{tag}: Play did not advance the frame (still {st['value']})", "animation")
             continue
         # Jump to the last frame for a screenshot of the complete trajectories.
-        root.find_element("css selector", "button[title='Last frame']").click()
+        root.find_element("button[title='Last frame']").click()
         time.sleep(0.2)
         last = driver.execute_script(_ANIM_STATE, root)
         root.screenshot(str(shots / f"{rep.shot}-anim{k}-last.png"))
@@ -353,28 +377,18 @@ def check_animations(driver: Any, rep: PageReport, shots: Path) -> None:
         )
 
 
-_RAW_MATH = r"""
-const body = document.querySelector('main') || document.body;
-const clone = body.cloneNode(true);
-clone.querySelectorAll('pre, code, script, style, mjx-container, .highlight, textarea')
-     .forEach(e => e.remove());
-const text = clone.textContent;
-const raw = [];
-for (const re of [/\$\$/g, /\\\[/g, /\\\(/g, /\\begin\{/g]) {
-  const m = text.match(re); if (m) raw.push(re.source + ' x' + m.length);
-}
-return {raw: raw, math: document.querySelectorAll('.math').length,
+_MATH_STATE = """
+return {math: document.querySelectorAll('.math').length,
         typeset: document.querySelectorAll('mjx-container').length,
+        errors: [...document.querySelectorAll('mjx-merror')]
+                .map(e => (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 80)),
         mathjax: !!(window.MathJax && window.MathJax.startup)};
 """
 
 
 def check_math(driver: Any, rep: PageReport, timeout: float) -> None:
-    has_math = driver.execute_script(
-        "return document.querySelectorAll('.math').length > 0 || "
-        "/\\$\\$|\\\\\\(|\\\\\\[/.test((document.querySelector('main') || document.body)"
-        ".textContent);"
-    )
+    """MathJax loaded and typeset the page's math without a TeX error."""
+    has_math = driver.execute_script("return document.querySelectorAll('.math').length > 0;")
     if not has_math:
         return
     # MathJax 3 exposes startup.promise once loaded; wait for it to settle.
@@ -387,18 +401,144 @@ def check_math(driver: Any, rep: PageReport, timeout: float) -> None:
             "  MathJax.startup.promise.then(() => done(true), () => done(false));"
             "else done(false);"
         )
-    except Exception:  # noqa: BLE001 - a script timeout is reported below as unrendered math
+    except WebDriverError:  # a script timeout is reported below as unrendered math
         pass
-    st = driver.execute_script(_RAW_MATH)
+    st = driver.execute_script(_MATH_STATE)
     if not st["mathjax"]:
         rep.fail(
             f"MathJax did not load ({st['math']} math element(s) left as raw TeX); "
-            "serve MathJax from _static (see tools/README.md)"
+            "serve MathJax from _static (see tools/README.md)",
+            "mathjax",
         )
-    elif st["raw"]:
-        rep.fail(f"raw TeX left on the page: {', '.join(st['raw'])}")
+    elif st["errors"]:
+        rep.fail(f"{len(st['errors'])} TeX error(s) in MathJax output: {st['errors'][:3]}",
+                 "raw-tex")
     else:
         rep.note(f"math: {st['typeset']} formula(s) typeset by MathJax")
+
+
+# The text a reader sees in the article: code, MathJax output (and its assistive MathML),
+# equation numbers and permalink marks removed; block elements end a line.
+_VISIBLE_TEXT = r"""
+const root = document.querySelector('article.bd-article') || document.querySelector('main')
+             || document.body;
+const clone = root.cloneNode(true);
+clone.querySelectorAll('pre, code, kbd, samp, script, style, textarea, mjx-container, '
+                       + '.highlight, .cell_input, .eqno, .headerlink, .MathJax_Preview')
+     .forEach(e => e.remove());
+clone.querySelectorAll('p, li, div, td, th, tr, dt, dd, h1, h2, h3, h4, h5, h6, br, caption, '
+                       + 'figcaption, blockquote, section')
+     .forEach(e => e.append('\n'));
+return clone.textContent;
+"""
+
+
+def _excerpt(text: str, m: re.Match[str], width: int = 40) -> str:
+    lo, hi = max(0, m.start() - width), min(len(text), m.end() + width)
+    return " ".join(text[lo:hi].split())
+
+
+def find_raw_tex(text: str) -> list[str]:
+    """TeX left in visible text: ``$$``, ``\\(``/``\\[``, ``\\command``, ``$…$`` (with context)."""
+    return [f"{name}: …{_excerpt(text, m)}…" for pat, name in RAW_TEX for m in pat.finditer(text)]
+
+
+def find_table_syntax(text: str) -> list[str]:
+    """Markdown table syntax left in visible text: a ``| --- |`` rule or a row of pipe cells."""
+    return [f"{name}: …{_excerpt(text, m)}…"
+            for pat, name in TABLE_SYNTAX for m in pat.finditer(text)]
+
+
+def find_internal_words(text: str) -> list[str]:
+    """Internal wording in book text (``issue``, ``session``, ``bar`` …; "error bar" is fine)."""
+    return [f"{m.group(0)!r}: …{_excerpt(text, m)}…" for m in INTERNAL_WORDS.finditer(text)]
+
+
+def _report_found(rep: PageReport, kind: str, what: str, found: list[str]) -> None:
+    if found:
+        shown = "; ".join(found[:3]) + (f"; and {len(found) - 3} more" if len(found) > 3 else "")
+        rep.fail(f"{what} ({len(found)}): {shown}", kind)
+
+
+def check_text(driver: Any, rep: PageReport) -> None:
+    """Raw TeX, Markdown table syntax and internal wording in the visible article text."""
+    text = driver.execute_script(_VISIBLE_TEXT) or ""
+    _report_found(rep, "raw-tex", "TeX left in the visible text", find_raw_tex(text))
+    _report_found(rep, "table-syntax", "Markdown table syntax in the visible text",
+                  find_table_syntax(text))
+    _report_found(rep, "internal-wording", "internal wording in the book text",
+                  find_internal_words(text))
+
+
+_LAYOUT = r"""
+const article = document.querySelector('article.bd-article') || document.querySelector('main')
+                || document.body;
+const column = article.getBoundingClientRect();
+const out = {wide_math: [], under_number: [], wide_tables: [], n_display: 0};
+const label = e => (e.closest('[id]') ? '#' + e.closest('[id]').id : '')
+                   + ' ' + (e.textContent || '').replace(/\s+/g, ' ').trim().slice(0, 50);
+for (const c of document.querySelectorAll('mjx-container[display="true"]')) {
+  out.n_display += 1;
+  const math = c.querySelector('mjx-math') || c;
+  const box = c.parentElement.getBoundingClientRect();
+  const m = math.getBoundingClientRect();
+  const room = Math.min(box.right, column.right) - Math.max(box.left, column.left);
+  if (m.width > room + 1 || m.width > c.clientWidth + 1) {
+    out.wide_math.push(`${label(c.parentElement)} (${Math.round(m.width)} px in ${Math.round(room)} px)`);
+  }
+  const eqno = c.parentElement.querySelector('.eqno');
+  if (eqno) {
+    const n = eqno.getBoundingClientRect();
+    const visibleRight = Math.min(m.right, c.getBoundingClientRect().right);
+    const overlaps = n.width > 0 && n.left < m.right - 1 && n.right > m.left + 1
+                     && n.top < m.bottom && n.bottom > m.top;
+    if (overlaps || m.right > visibleRight + 1) {
+      out.under_number.push(`${eqno.textContent.trim()} ${label(c.parentElement)}`);
+    }
+  }
+}
+for (const t of article.querySelectorAll('table')) {
+  const w = t.getBoundingClientRect().width;
+  if (t.scrollWidth > column.width + 1 || w > column.width + 1) {
+    out.wide_tables.push(`${label(t)} (${Math.round(Math.max(w, t.scrollWidth))} px in ${Math.round(column.width)} px)`);
+  }
+}
+return out;
+"""
+
+
+def check_layout(driver: Any, rep: PageReport) -> None:
+    """Display math wider than its container or under its number; tables wider than the text."""
+    st = driver.execute_script(_LAYOUT)
+    _report_found(rep, "wide-math", "display math wider than its container", st["wide_math"])
+    _report_found(rep, "wide-math", "display math running under its equation number",
+                  st["under_number"])
+    _report_found(rep, "wide-table", "table wider than the text column", st["wide_tables"])
+
+
+_LINKS = """
+return [...document.querySelectorAll('a[href], link[href], [data-url], form[action]')]
+  .map(e => e.getAttribute('href') || e.getAttribute('data-url') || e.getAttribute('action'));
+"""
+
+
+def check_links(driver: Any, rep: PageReport) -> None:
+    """No link (launch, repository or any other button) points to a placeholder repository."""
+    bad = sorted({h for h in driver.execute_script(_LINKS) if h and PLACEHOLDER_LINK.search(h)})
+    _report_found(rep, "placeholder-link", "links to a placeholder repository", bad)
+
+
+def check_weight(site: Path, page: str, rep: PageReport, max_mb: float) -> None:
+    """The HTML file (with every inline figure and frame) is at most ``max_mb`` MB."""
+    path = site / page
+    if not path.is_file():
+        return
+    size = path.stat().st_size / 1e6
+    if size > max_mb:
+        rep.fail(f"HTML is {size:.2f} MB (at most {max_mb:g} MB; put figures and frames in "
+                 "smaller or separate image files)", "page-weight")
+    else:
+        rep.note(f"HTML {size:.2f} MB")
 
 
 def full_page_screenshot(driver: Any, path: Path, width: int, max_height: int = 16000) -> None:
@@ -417,18 +557,24 @@ def full_page_screenshot(driver: Any, path: Path, width: int, max_height: int = 
     path.write_bytes(base64.b64decode(shot["data"]))
 
 
-def check_page(driver: Any, base: str, page: str, shots: Path, args: argparse.Namespace) -> PageReport:
+def check_page(
+    driver: Any, base: str, site: Path, page: str, shots: Path, args: argparse.Namespace
+) -> PageReport:
     rep = PageReport(page, shot=shot_name(page))
+    check_weight(site, page, rep, args.max_html_mb)
     try:
         driver.get(base + page)
-    except Exception as exc:  # noqa: BLE001 - any WebDriver failure fails the page
-        rep.fail(f"did not load: {type(exc).__name__}: {str(exc)[:160]}")
+    except WebDriverError as exc:
+        rep.fail(f"did not load: {str(exc)[:160]}", "load")
         return rep
     wait_for(driver, "document.readyState === 'complete'", args.timeout)
     time.sleep(0.3)
     check_math(driver, rep, args.math_timeout)
     driver.save_screenshot(str(shots / f"{rep.shot}-page.png"))
     full_page_screenshot(driver, shots / f"{rep.shot}-full.png", args.width)
+    check_text(driver, rep)
+    check_layout(driver, rep)
+    check_links(driver, rep)
     check_static(driver, rep)
     check_sliders(driver, rep, shots)
     check_animations(driver, rep, shots)
@@ -458,40 +604,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=30.0, help="page load timeout (s)")
     p.add_argument("--math-timeout", type=float, default=10.0,
                    help="how long to wait for MathJax (s)")
+    p.add_argument("--max-html-mb", type=float, default=MAX_HTML_MB,
+                   help=f"largest HTML file a page may be, in MB (default: {MAX_HTML_MB:g})")
     return p.parse_args(argv)
+
+
+def check_site(site: Path, args: argparse.Namespace) -> list[PageReport]:
+    """Open every page of the built ``site`` in headless Chromium; one report per page."""
+    shots = (args.screenshots or site.parent / "screenshots").resolve()
+    shots.mkdir(parents=True, exist_ok=True)
+    pages = list_pages(site, args.pages)
+    reports: list[PageReport] = []
+    profile = tempfile.mkdtemp(prefix="check_site_profile_")
+    try:
+        with serve(site) as base, make_driver(args, profile) as driver:
+            for page in pages:
+                reports.append(check_page(driver, base, site, page, shots, args))
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    return reports
+
+
+def cannot_run(site: Path, args: argparse.Namespace) -> str | None:
+    """Why the check cannot run here (no built site, no Chromium), or ``None``."""
+    if not (site / "index.html").is_file() and not list(site.glob("*.html")):
+        return f"no built site in {site} (run `jupyter-book build` first)"
+    for exe in (args.chromium, args.chromedriver):
+        if not Path(exe).is_file():
+            return f"{exe} not found; apt-get install chromium chromium-driver"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     site: Path = args.site.resolve()
-    if not (site / "index.html").is_file() and not list(site.glob("*.html")):
-        print(f"check_site: no built site in {site} (run `jupyter-book build` first)")
+    why = cannot_run(site, args)
+    if why:
+        print(f"check_site: {why}")
         return 2
-    for exe in (args.chromium, args.chromedriver):
-        if not Path(exe).is_file():
-            print(f"check_site: {exe} not found; apt-get install chromium chromium-driver")
-            return 2
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        print("check_site: selenium is not installed; pip install selenium")
-        return 2
-    shots = (args.screenshots or site.parent / "screenshots").resolve()
-    shots.mkdir(parents=True, exist_ok=True)
-    pages = list_pages(site, args.pages)
-    reports: list[PageReport] = []
     t0 = time.monotonic()
-    profile = tempfile.mkdtemp(prefix="check_site_profile_")
     try:
-        with serve(site) as base:
-            driver = make_driver(args, profile)
-            try:
-                for page in pages:
-                    reports.append(check_page(driver, base, page, shots, args))
-            finally:
-                driver.quit()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+        reports = check_site(site, args)
+    except WebDriverError as exc:
+        print(f"check_site: the browser could not be driven: {exc}")
+        return 2
     n_fail = 0
     for rep in reports:
         status = "FAIL" if rep.failures else "ok"
@@ -504,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in rep.notes:
             print(f"    {line}")
     mode = "online" if args.online else "offline"
+    shots = (args.screenshots or site.parent / "screenshots").resolve()
     print(
         f"check_site: {len(reports) - n_fail} of {len(reports)} page(s) passed ({mode}), "
         f"{time.monotonic() - t0:.1f} s; screenshots in {shots}"
