@@ -480,3 +480,70 @@ def test_epoch_counter_avoids_the_corner_the_trajectories_cross() -> None:
     # nothing near any corner: it stays in the lower right
     centre = run([0.5, 0.55], [0.5, 0.45])
     assert _emptiest_corner([centre], (0.0, 1.0), (0.0, 1.0))[:2] == (0.98, 0.03)
+
+
+# --- frame encodings (page weight) -----------------------------------------------------------
+
+
+def _line_plot_png() -> bytes:
+    fig = Figure(figsize=(4, 3), dpi=60)
+    ax = fig.add_subplot()
+    for k in range(5):
+        ax.plot(np.linspace(0, 1, 50), np.sin(np.linspace(0, 6, 50) + k), label=f"run {k}")
+    ax.legend()
+    ax.set_title("a plot with text")
+    return slider_mod._figure_to_png(fig, 60, "png")
+
+
+def test_encode_frame_palette_is_smaller_same_size_and_close():
+    from io import BytesIO
+
+    from PIL import Image
+
+    from ibcore.plotting.frames import encode_frame, image_mime
+
+    png = _line_plot_png()
+    small = encode_frame(png, "palette")
+    assert image_mime(small) == "image/png" and len(small) < len(png)
+    assert png_size(small) == png_size(png) == (240, 180)
+    a = np.asarray(Image.open(BytesIO(png)).convert("RGB"), dtype=float)
+    b = np.asarray(Image.open(BytesIO(small)).convert("RGB"), dtype=float)
+    assert np.abs(a - b).mean() < 2.0  # a palette of 256 colours keeps a plot's look
+
+
+def test_encode_frame_webp_is_lossless_and_bad_input_raises():
+    from io import BytesIO
+
+    from PIL import Image
+
+    from ibcore.plotting.frames import encode_frame, image_mime
+
+    png = _line_plot_png()
+    webp = encode_frame(png, "webp")
+    assert image_mime(webp) == "image/webp"
+    a = np.asarray(Image.open(BytesIO(png)).convert("RGB"))
+    b = np.asarray(Image.open(BytesIO(webp)).convert("RGB"))
+    assert np.array_equal(a, b)
+    with pytest.raises(InvalidParameterError):
+        encode_frame(png, "gif")
+    with pytest.raises(InvalidParameterError):
+        encode_frame(b"not an image", "palette")
+    with pytest.raises(InvalidParameterError):
+        image_mime(b"GIF89a....")
+
+
+def test_slider_and_animation_inline_the_chosen_encoding():
+    def render(v):
+        fig = Figure(figsize=(2, 1.5), dpi=40)
+        fig.add_subplot().plot([0, 1], [0, v])
+        return fig
+
+    html = beta_slider(render, [1, 2], encoding="webp").to_html()
+    assert html.count("data:image/webp;base64,") == 2
+    assert beta_slider(render, [1, 2]).to_html().count("data:image/png;base64,") == 2
+    with pytest.raises(InvalidParameterError):
+        beta_slider(render, [1, 2], encoding="jpeg2000")
+    anim = info_plane_animation(two_runs(), encoding="webp", **SMALL).data
+    assert len(re.findall(r'frames\[\d+\] = "data:image/webp;base64,', anim)) == 5
+    with pytest.raises(InvalidParameterError):
+        info_plane_animation(two_runs(), encoding="bmp", **SMALL)

@@ -15,6 +15,7 @@ subsampled to at most ``max_frames`` (the first and the last epoch are always ke
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import math
@@ -33,6 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ibcore.errors import InvalidParameterError, NonFiniteError, ShapeError
+from ibcore.plotting.frames import ENCODINGS, encode_frame, image_mime
 from ibcore.plotting.style import ib_style
 from ibcore.validation import check_int, check_weight
 
@@ -346,6 +348,22 @@ def _build(
     )
 
 
+_FRAME = re.compile(r'(frames\[\d+\] = "data:image/)png(;base64,)([^"]*)"')
+
+
+def _encode_frames(html: str, encoding: str) -> str:
+    """Re-encode the PNG frames inlined by ``to_jshtml`` (see :mod:`ibcore.plotting.frames`)."""
+    if encoding == "png":
+        return html
+
+    def sub(m: re.Match[str]) -> str:
+        data = encode_frame(base64.b64decode(m.group(3).replace("\\\n", "")), encoding)
+        mime = image_mime(data).split("/")[1]
+        return f'{m.group(1)}{mime}{m.group(2)}{base64.b64encode(data).decode("ascii")}"'
+
+    return _FRAME.sub(sub, html)
+
+
 def _self_contained(html: str) -> str:
     """Drop the CDN stylesheet, label buttons with Unicode, make ids content-derived."""
     html = re.sub(r'<link rel="stylesheet"\s+href="https?://[^"]*"\s*/?>', "", html)
@@ -384,6 +402,7 @@ def info_plane_animation(
     figsize: tuple[float, float] = (7.2, 4.6),
     dpi: float = 100.0,
     frame_unit: str = "epoch",
+    encoding: str = "palette",
 ) -> Any:
     """Animate information-plane trajectories; return a self-contained ``IPython.display.HTML``.
 
@@ -395,12 +414,15 @@ def info_plane_animation(
     which selects the epoch marked by a square. ``reference=(xs, ys)`` is drawn dashed.
     ``frame_unit`` names what the ``"epoch"`` values count (``"epoch"``, ``"step"``…) in the
     frame counter and the legend. Axes limits are fixed over the animation; the figure is
-    closed before returning.
+    closed before returning. Frames are inlined as 256-colour PNGs (``encoding="palette"``;
+    ``"png"`` or lossless ``"webp"`` otherwise, see :mod:`ibcore.plotting.frames`).
     """
     from IPython.display import HTML
 
     fps = check_weight("fps", fps, low=0.0, low_inclusive=False)
     max_frames = check_int("max_frames", max_frames, low=1)
+    if encoding not in ENCODINGS:
+        raise InvalidParameterError(f"encoding must be one of {ENCODINGS}, not {encoding!r}")
     with ib_style():
         plane = _build(
             trajectories, xlabel=xlabel, ylabel=ylabel, title=title, reference=reference,
@@ -429,7 +451,7 @@ def info_plane_animation(
                 html = anim.to_jshtml(fps=fps, default_mode="once")
         finally:
             plt.close(fig)
-    return HTML(_self_contained(html))
+    return HTML(_self_contained(_encode_frames(html, encoding)))
 
 
 def _png_size(fig: Figure) -> int:

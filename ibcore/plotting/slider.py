@@ -2,8 +2,8 @@
 
 Two kinds of slider share one calling convention, a ``render(value) -> Figure`` callback:
 
-* :func:`beta_slider` / :func:`static_slider` precompute one PNG per value of a recorded grid
-  and return a :class:`StaticSlider`, whose HTML is self-contained: the frames are inlined as
+* :func:`beta_slider` / :func:`static_slider` precompute one image (a 256-colour PNG unless
+  told otherwise) per value of a recorded grid and return a :class:`StaticSlider`, whose HTML is self-contained: the frames are inlined as
   base64 ``data:`` URLs, the control is an ``<input type="range">`` and a few lines of inline
   JavaScript (an ``oninput`` attribute) show the selected frame and update the value label.
   No external script or stylesheet is referenced, so it works offline and without a kernel.
@@ -31,16 +31,24 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from ibcore.errors import InvalidParameterError, ShapeError
+from ibcore.plotting.frames import ENCODINGS, PNG_SIGNATURE, encode_frame, image_mime
 from ibcore.validation import check_weight
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_SIGNATURE = PNG_SIGNATURE
+_WEBP_TAG = b"WEBP"
 
 
-def _figure_to_png(fig: Figure, dpi: float) -> bytes:
-    """PNG bytes of ``fig`` at ``dpi`` (no tight bbox, so every frame has the same size)."""
+def _figure_to_png(fig: Figure, dpi: float, encoding: str = "png") -> bytes:
+    """Bytes of ``fig`` at ``dpi`` in ``encoding`` (no tight bbox: every frame has one size)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
-    return buf.getvalue()
+    return encode_frame(buf.getvalue(), encoding)
+
+
+def _check_encoding(encoding: str) -> str:
+    if encoding not in ENCODINGS:
+        raise InvalidParameterError(f"encoding must be one of {ENCODINGS}, not {encoding!r}")
+    return encoding
 
 
 def _close(fig: Any) -> None:
@@ -49,9 +57,17 @@ def _close(fig: Any) -> None:
 
 
 def render_frames(
-    render: Callable[[Any], Figure], values: Sequence, *, dpi: float = 100.0
+    render: Callable[[Any], Figure],
+    values: Sequence,
+    *,
+    dpi: float = 100.0,
+    encoding: str = "palette",
 ) -> list[bytes]:
-    """Call ``render(v)`` for each ``v`` in ``values`` and return the PNG bytes of each figure.
+    """Call ``render(v)`` for each ``v`` in ``values`` and return the image bytes of each figure.
+
+    ``encoding`` is ``"palette"`` (a 256-colour PNG, for plots; the default), ``"webp"``
+    (lossless, for frames that show photographs or reconstructions) or ``"png"`` (exact RGBA);
+    see :mod:`ibcore.plotting.frames`.
 
     Every figure is closed after it is saved (also when saving fails), so no stray static copy
     is displayed by the notebook afterwards. Frames are saved without ``bbox_inches="tight"``
@@ -59,6 +75,7 @@ def render_frames(
     ``render`` to keep labels inside the canvas.
     """
     dpi = check_weight("dpi", dpi, low=0.0, low_inclusive=False)
+    _check_encoding(encoding)
     values = list(values)
     if not values:
         raise ShapeError("values is empty; pass at least one value to render")
@@ -71,10 +88,18 @@ def render_frames(
                     f"render({v!r}) returned {type(fig).__name__}, expected a "
                     "matplotlib.figure.Figure; end render with `return fig`"
                 )
-            frames.append(_figure_to_png(fig, dpi))
+            frames.append(_figure_to_png(fig, dpi, encoding))
         finally:
             _close(fig)
     return frames
+
+
+def _is_image(data: bytes) -> bool:
+    try:
+        image_mime(data)
+    except InvalidParameterError:
+        return False
+    return True
 
 
 def _format_value(fmt: str, v: Any) -> str:
@@ -137,8 +162,9 @@ class StaticSlider:
         for k, (frame, text) in enumerate(zip(self.frames, self.value_labels, strict=True)):
             data = base64.b64encode(frame).decode("ascii")
             hidden = "" if k == i0 else "display:none;"
+            mime = "image/webp" if frame[8:12] == _WEBP_TAG else "image/png"
             imgs.append(
-                f'<img id="{uid}-f{k}" src="data:image/png;base64,{data}" '
+                f'<img id="{uid}-f{k}" src="data:{mime};base64,{data}" '
                 f'alt="{name} = {esc(text)}" style="{hidden}max-width:100%;height:auto">'
             )
         labels_json = esc(json.dumps(list(self.value_labels), ensure_ascii=False), quote=True)
@@ -183,16 +209,18 @@ def static_slider(
     caption: str | None = None,
     initial: int = 0,
     dpi: float = 100.0,
+    encoding: str = "palette",
 ) -> StaticSlider:
-    """Build a :class:`StaticSlider` from one frame (PNG bytes or a Figure) per value.
+    """Build a :class:`StaticSlider` from one frame (PNG or WebP bytes, or a Figure) per value.
 
     ``values[k]`` is shown as ``fmt.format(values[k])`` (``str`` when the format does not apply)
     while frame ``k`` is visible; ``initial`` is the index shown first. Figures are rendered at
-    ``dpi`` and closed.
+    ``dpi`` in ``encoding`` (see :func:`render_frames`) and closed; bytes are used as given.
     """
     frames = list(frames)
     values = list(values)
     dpi = check_weight("dpi", dpi, low=0.0, low_inclusive=False)
+    _check_encoding(encoding)
     if not values:
         raise ShapeError("values is empty; pass at least one value (and one frame per value)")
     if len(frames) != len(values):
@@ -209,16 +237,16 @@ def static_slider(
     for k, frame in enumerate(frames):
         if isinstance(frame, Figure):
             try:
-                pngs.append(_figure_to_png(frame, dpi))
+                pngs.append(_figure_to_png(frame, dpi, encoding))
             finally:
                 _close(frame)
-        elif isinstance(frame, bytes | bytearray) and bytes(frame[:8]) == _PNG_SIGNATURE:
+        elif isinstance(frame, bytes | bytearray) and _is_image(bytes(frame)):
             pngs.append(bytes(frame))
         else:
             for rest in frames[k:]:
                 _close(rest)
             raise InvalidParameterError(
-                f"frame {k} is {type(frame).__name__}, not PNG bytes or a matplotlib Figure; "
+                f"frame {k} is {type(frame).__name__}, not PNG/WebP bytes or a Figure; "
                 "use render_frames(render, values) to make frames"
             )
     labels = tuple(_format_value(fmt, v) for v in values)
@@ -234,10 +262,14 @@ def beta_slider(
     caption: str | None = None,
     initial: int = 0,
     dpi: float = 100.0,
+    encoding: str = "palette",
 ) -> StaticSlider:
-    """``static_slider(render_frames(render, values), values, ...)``: the static β slider."""
+    """``static_slider(render_frames(render, values), values, ...)``: the static β slider.
+
+    ``encoding="webp"`` (lossless) for frames that show photographs; see :func:`render_frames`.
+    """
     return static_slider(
-        render_frames(render, values, dpi=dpi),
+        render_frames(render, values, dpi=dpi, encoding=encoding),
         values,
         label=label,
         fmt=fmt,
