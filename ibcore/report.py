@@ -1,8 +1,11 @@
-"""Tables for the book's Reproducibility page: every recorded run and the package versions."""
+"""What a chapter shows of its recorded runs: provenance lines, Markdown tables, reproduction
+checks and the summary computed from them, and the Reproducibility page's tables."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,31 @@ def source_note(record: ResultRecord, warning: str | None = None) -> str:
     return text
 
 
+_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+def table_cell(text: str) -> str:
+    """``text`` made safe for one cell of a Markdown table: no ``|`` can split the cell.
+
+    Outside math a ``|`` becomes ``\\|`` (shown as ``|``); inside ``$…$`` a ``\\|`` becomes
+    ``\\Vert`` and a ``|`` becomes ``\\vert`` (the same symbols, without the character that the
+    table syntax splits on). A newline, which would end the row, raises ``InvalidParameterError``.
+    """
+    if "\n" in text:
+        raise InvalidParameterError(f"a table cell cannot hold a newline: {text!r}")
+    parts = _DOLLAR.split(text)
+    if len(parts) % 2 == 0:
+        raise InvalidParameterError(f"unbalanced $ in a table cell: {text!r}")
+    out = []
+    for k, part in enumerate(parts):
+        if k % 2:  # math
+            part = part.replace("\\|", "\\Vert ").replace("|", "\\vert ")
+        else:
+            part = re.sub(r"(?<!\\)\|", r"\\|", part)
+        out.append(part)
+    return "$".join(out)
+
+
 def markdown_table(
     rows: Iterable[Any],
     columns: Sequence[tuple[str, Callable[[Any], str]]],
@@ -70,15 +98,85 @@ def markdown_table(
 ) -> str:
     """A Markdown table; ``columns`` is a list of ``(header, function of a row -> cell text)``.
 
-    ``align`` (``"left"`` or ``"right"``) aligns every column.
+    ``align`` (``"left"`` or ``"right"``) aligns every column. Every header and cell goes
+    through :func:`table_cell`, so a ``|`` in a value (``H[Y|Z]``) cannot shift a row.
     """
     if align not in ("left", "right"):
         raise InvalidParameterError(f"align must be 'left' or 'right', not {align!r}")
     mark = "---:" if align == "right" else "---"
-    head = "| " + " | ".join(h for h, _ in columns) + " |"
+    head = "| " + " | ".join(table_cell(h) for h, _ in columns) + " |"
     rule = "| " + " | ".join(mark for _ in columns) + " |"
-    body = ["| " + " | ".join(f(r) for _, f in columns) + " |" for r in rows]
+    body = ["| " + " | ".join(table_cell(f(r)) for _, f in columns) + " |" for r in rows]
     return "\n".join([head, rule, *body])
+
+
+@dataclass(frozen=True)
+class ReproductionCheck:
+    """One reproduction check shown to readers: a claim, our number and its threshold.
+
+    ``claim`` says what is checked, ``measured`` is our value as shown, ``threshold`` the
+    condition it must meet (``"≥ 0.98"``) and ``basis`` where that threshold comes from — the
+    source (``"the source's Table 1"``) or our own expectation, said as such. ``holds`` is
+    ``True``/``False``, or ``None`` when the run cannot decide it (``note`` then says why);
+    ``note`` may also carry a caveat the reader needs (one seed, counts at chance, …).
+    """
+
+    claim: str
+    measured: str
+    threshold: str
+    basis: str
+    holds: bool | None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("claim", "measured", "threshold", "basis"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise InvalidParameterError(f"a reproduction check needs a non-empty {name}")
+        if self.holds not in (True, False, None):
+            raise InvalidParameterError(f"holds must be True, False or None, not {self.holds!r}")
+
+
+_VERDICT = {True: "holds", False: "**does not hold**", None: "not decided"}
+
+
+def checks_table(checks: Sequence[ReproductionCheck]) -> str:
+    """The Markdown table of a chapter's reproduction checks (one row each)."""
+    if not checks:
+        raise InvalidParameterError("no reproduction check to show")
+    return markdown_table(checks, [
+        ("reproduction check", lambda c: c.claim),
+        ("ours", lambda c: c.measured),
+        ("threshold", lambda c: c.threshold),
+        ("threshold from", lambda c: c.basis),
+        ("result", lambda c: _VERDICT[c.holds]),
+    ], align="left")
+
+
+def _check_line(c: ReproductionCheck) -> str:
+    note = f" {c.note}" if c.note else ""
+    return f"* {c.claim}: {c.measured} (threshold {c.threshold}, from {c.basis}).{note}"
+
+
+def checks_summary(checks: Sequence[ReproductionCheck]) -> str:
+    """Markdown for a chapter summary: what reproduced and what did not, with the numbers.
+
+    Computed from the same checks the chapter's tables show, so the summary changes with the
+    recorded runs. Checks that could not be decided are listed too.
+    """
+    if not checks:
+        raise InvalidParameterError("no reproduction check to summarise")
+    groups = [
+        ("Reproduced", [c for c in checks if c.holds is True]),
+        ("Not reproduced", [c for c in checks if c.holds is False]),
+        ("Not decided by this run", [c for c in checks if c.holds is None]),
+    ]
+    out = []
+    for title, group in groups:
+        if group or title != "Not decided by this run":
+            body = "\n".join(_check_line(c) for c in group) if group else "* none"
+            out.append(f"**{title}** ({len(group)} of {len(checks)} reproduction checks):\n\n"
+                       + body)
+    return "\n\n".join(out)
 
 
 def _fmt(value: object) -> str:
