@@ -154,7 +154,7 @@ def checks_table(checks: Sequence[ReproductionCheck]) -> str:
 
 def _check_line(c: ReproductionCheck) -> str:
     note = f" {c.note}" if c.note else ""
-    return f"* {c.claim}: {c.measured} (threshold {c.threshold}, from {c.basis}).{note}"
+    return f"* {c.claim}: {c.measured}. Threshold {c.threshold}, from {c.basis}.{note}"
 
 
 def checks_summary(checks: Sequence[ReproductionCheck]) -> str:

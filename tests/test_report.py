@@ -60,7 +60,7 @@ def test_checks_table_and_summary_list_both_outcomes_with_numbers() -> None:
     summary = checks_summary(checks)
     assert "**Reproduced** (1 of 3 reproduction checks)" in summary
     assert "**Not reproduced** (1 of 3 reproduction checks)" in summary
-    assert "0.7860 (threshold ≥ 0.98, from the source's Table 1). Stopped" in summary
+    assert "0.7860. Threshold ≥ 0.98, from the source's Table 1. Stopped" in summary
     assert "Not decided by this run" in summary and "InfoVAE was not trained." in summary
     only_good = checks_summary(checks[1:2])
     assert "**Not reproduced** (0 of 1 reproduction checks):\n\n* none" in only_good
