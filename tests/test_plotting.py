@@ -547,3 +547,22 @@ def test_slider_and_animation_inline_the_chosen_encoding():
     assert len(re.findall(r'frames\[\d+\] = "data:image/webp;base64,', anim)) == 5
     with pytest.raises(InvalidParameterError):
         info_plane_animation(two_runs(), encoding="bmp", **SMALL)
+
+
+def test_many_runs_without_colour_scale_get_distinct_styles_and_a_legend():
+    runs = {f"model {k}": {"x": [0.0, 1.0 + k], "y": [0.0, 0.5 + 0.1 * k]} for k in range(13)}
+    plane = _build(runs, xlabel="x", ylabel="y", title="t", reference=None, reference_label=None,
+                   mark_best=None, color_label="β", xlim=None, ylim=None, figsize=(6, 4),
+                   dpi=40, frame_unit="epoch")
+    looks = {(str(ln.get_color()), ln.get_linestyle(), ln.get_marker()) for ln in plane.lines}
+    assert len(looks) == 13  # no two runs look alike
+    assert len({str(ln.get_color()) for ln in plane.lines}) == 13  # tab20: 13 distinct colours
+    legend = [t.get_text() for t in plane.fig.legends[0].get_texts()]
+    assert all(f"model {k}" in legend for k in range(13))
+    plt.close(plane.fig)
+
+
+def test_fractional_epochs_are_shown_to_two_decimals():
+    assert animation_mod._fmt_epoch(1.923077) == "1.92"
+    assert animation_mod._fmt_epoch(3.0) == "3"
+    assert animation_mod._fmt_epoch(2.5) == "2.5"

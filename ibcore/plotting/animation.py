@@ -184,8 +184,19 @@ def _emptiest_corner(
     return min(_CORNERS, key=crowd)
 
 
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def _run_styles(n: int) -> list[tuple[str, str]]:
+    """(line style, marker) per run: distinct pairs, so runs sharing a colour still differ."""
+    return [(_LINESTYLES[(i // 10) % len(_LINESTYLES)], _MARKERS[i % len(_MARKERS)])
+            for i in range(n)]
+
+
 def _fmt_epoch(e: float) -> str:
-    return str(int(e)) if float(e).is_integer() else f"{e:g}"
+    """An epoch for the frame counter: an integer as is, a fraction to two decimals (1.92)."""
+    return str(int(e)) if float(e).is_integer() else f"{e:.2f}".rstrip("0").rstrip(".")
 
 
 class _InfoPlane:
@@ -236,10 +247,15 @@ class _InfoPlane:
             handles.append(ref)
 
         colors = self._colors(runs, color_label)
+        # Without a colour scale, a run is told apart by its colour and, past ten runs, also by
+        # its line style and marker, and every run is named in the legend.
+        by_name = runs[0].color_value is None
+        styles = _run_styles(len(runs)) if by_name else [("-", "o")] * len(runs)
         self.lines, self.heads, self.finals, self.bests = [], [], [], []
-        for run, color in zip(runs, colors, strict=True):
-            (line,) = ax.plot([], [], color=color, linewidth=1.6, alpha=0.85, label=run.label)
-            (head,) = ax.plot([], [], "o", color=color, markersize=5)
+        for run, color, (ls, mk) in zip(runs, colors, styles, strict=True):
+            (line,) = ax.plot([], [], color=color, linewidth=1.6, alpha=0.85, label=run.label,
+                              linestyle=ls, marker=mk, markevery=[-1], markersize=5)
+            (head,) = ax.plot([], [], mk, color=color, markersize=5)
             (final,) = ax.plot(
                 [run.x[-1]], [run.y[-1]], "o", markersize=10, markerfacecolor="none",
                 markeredgecolor=color, markeredgewidth=1.8,
@@ -254,7 +270,7 @@ class _InfoPlane:
             self.heads.append(head)
             self.finals.append(final)
             self.bests.append(best)
-        if len(runs) <= _LEGEND_MAX_RUNS:
+        if by_name or len(runs) <= _LEGEND_MAX_RUNS:
             handles.extend(self.lines)
         handles.append(
             Line2D([], [], marker="o", linestyle="none", markerfacecolor="none",
@@ -265,8 +281,11 @@ class _InfoPlane:
                 Line2D([], [], marker="s", linestyle="none", markerfacecolor="none",
                        markeredgecolor="0.2", markersize=8, label=f"best {frame_unit}")
             )
-        # Outside the axes, so its position never depends on the frame's data.
-        self.fig.legend(handles=handles, loc="outside right upper")
+        # Outside the axes, so its position never depends on the frame's data; a long legend
+        # gets two columns and a smaller font rather than running off the figure.
+        ncol = 2 if len(handles) > 12 else 1
+        self.fig.legend(handles=handles, loc="outside right upper", ncols=ncol,
+                        fontsize="small" if len(handles) > 8 else None)
 
     def freeze_layout(self) -> None:
         """Run the constrained layout once (on the current frame), then keep it fixed.
@@ -279,8 +298,13 @@ class _InfoPlane:
 
     def _colors(self, runs: list[_Run], color_label: str) -> list[Any]:
         if runs[0].color_value is None:
-            cycle = mpl.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
-            return [cycle[i % len(cycle)] for i in range(len(runs))]
+            if len(runs) <= 10:
+                cycle = mpl.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+                return [cycle[i % len(cycle)] for i in range(len(runs))]
+            # tab20 in the order dark 0..9, light 0..9: the first ten stay the strong colours
+            tab20 = mpl.colormaps["tab20"].colors
+            order = [tab20[2 * i] for i in range(10)] + [tab20[2 * i + 1] for i in range(10)]
+            return [order[i % 20] for i in range(len(runs))]
         cvs = np.array([r.color_value for r in runs])
         lo, hi = float(cvs.min()), float(cvs.max())
         if lo > 0 and hi / lo >= 100:
