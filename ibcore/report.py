@@ -192,7 +192,11 @@ def key_metrics(record: ResultRecord, limit: int = 2) -> str:
 
 
 def runs_table_markdown(records: Iterable[ResultRecord], chapters: Sequence[str] = ()) -> str:
-    """A Markdown table with one row per recorded run (chapter, experiment, profile, provenance)."""
+    """A Markdown table with one row per recorded run (chapter, experiment, profile, provenance).
+
+    The commit is shortened to 7 hex digits and one key metric is shown, so that the table fits
+    the text column; the full provenance is in each result file.
+    """
     header = (
         "| chapter | experiment | profile | seed | device | seconds | commit | key metrics |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
@@ -202,10 +206,10 @@ def runs_table_markdown(records: Iterable[ResultRecord], chapters: Sequence[str]
         p = r.provenance
         chapter = r.path.parent.parent.name
         shown = f"{{doc}}`{chapter}`" if chapter in chapters else chapter
-        commit = f"`{str(p['commit'])[:10]}`" + (" (dirty)" if p.get("dirty") else "")
+        commit = f"`{str(p['commit'])[:7]}`" + (" (dirty)" if p.get("dirty") else "")
         rows.append(
             f"| {shown} | {r.path.parent.name} | {p['profile']} | {p['seed']} | {p['device']} | "
-            f"{float(p['seconds']):.1f} | {commit} | {key_metrics(r)} |"
+            f"{float(p['seconds']):.1f} | {commit} | {key_metrics(r, limit=1)} |"
         )
     if not rows:
         return "*No run is recorded yet.*"

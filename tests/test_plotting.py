@@ -566,3 +566,15 @@ def test_fractional_epochs_are_shown_to_two_decimals():
     assert animation_mod._fmt_epoch(1.923077) == "1.92"
     assert animation_mod._fmt_epoch(3.0) == "3"
     assert animation_mod._fmt_epoch(2.5) == "2.5"
+
+
+def test_a_long_title_is_wrapped_clear_of_the_legend():
+    plane = _build(two_runs(), xlabel="x", ylabel="y", title="a long title " * 4, reference=None,
+                   reference_label=None, mark_best=None, color_label="β", xlim=None, ylim=None,
+                   figsize=(5, 3.5), dpi=60, frame_unit="epoch")
+    plane.freeze_layout()
+    renderer = plane.fig._get_renderer()
+    title = plane.title.get_window_extent(renderer)
+    assert "\n" in plane.title.get_text()
+    assert not title.overlaps(plane.fig.legends[0].get_window_extent(renderer))
+    plt.close(plane.fig)

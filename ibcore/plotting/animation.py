@@ -21,6 +21,7 @@ import io
 import math
 import operator
 import re
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -229,8 +230,7 @@ class _InfoPlane:
         ax.set_ylim(*_limits(ys, ylim))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        if title:
-            ax.set_title(title, loc="left")
+        self.title = ax.set_title(title, loc="left") if title else None
         # the epoch counter sits inside the axes, clear of a long title, in the corner that the
         # trajectories cross least, on a light box so that it stays readable over a line
         x, y, ha, va = _emptiest_corner(runs, ax.get_xlim(), ax.get_ylim())
@@ -294,7 +294,22 @@ class _InfoPlane:
         skips the layout solver, which is most of its cost.
         """
         self.fig.draw_without_rendering()
+        self._fit_title()
         self.fig.set_layout_engine("none")
+
+    def _fit_title(self) -> None:
+        """Wrap a title that runs into the legend beside the axes onto lines as wide as the axes."""
+        if self.title is None or not self.fig.legends:
+            return
+        renderer = self.fig._get_renderer()
+        box = self.title.get_window_extent(renderer)
+        if not box.overlaps(self.fig.legends[0].get_window_extent(renderer)):
+            return
+        text = self.title.get_text()
+        room = self.ax.get_window_extent(renderer).width
+        width = max(10, int(len(text) * room / max(box.width, 1.0)) - 1)
+        self.title.set_text(textwrap.fill(text, width))
+        self.fig.draw_without_rendering()
 
     def _colors(self, runs: list[_Run], color_label: str) -> list[Any]:
         if runs[0].color_value is None:
