@@ -541,8 +541,12 @@ def check_weight(site: Path, page: str, rep: PageReport, max_mb: float) -> None:
         rep.note(f"HTML {size:.2f} MB")
 
 
-def full_page_screenshot(driver: Any, path: Path, width: int, max_height: int = 16000) -> None:
-    """The whole page (up to ``max_height`` CSS px) at the window's width, via DevTools."""
+def full_page_screenshot(driver: Any, path: Path, width: int, tile: int = 8000,
+                         max_height: int = 80000) -> list[Path]:
+    """The whole page (up to ``max_height`` CSS px) at the window's width, via DevTools.
+
+    Long pages are saved in tiles of ``tile`` px: ``<name>.png``, ``<name>2.png``, …
+    """
     import base64
 
     height = min(
@@ -550,11 +554,19 @@ def full_page_screenshot(driver: Any, path: Path, width: int, max_height: int = 
     )
     metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    paths = []
     try:
-        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
+        for k, top in enumerate(range(0, height, tile)):
+            clip = {"x": 0, "y": top, "width": width, "height": min(tile, height - top),
+                    "scale": 1}
+            shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+                "format": "png", "clip": clip, "captureBeyondViewport": True})
+            out = path if k == 0 else path.with_name(f"{path.stem}{k + 1}{path.suffix}")
+            out.write_bytes(base64.b64decode(shot["data"]))
+            paths.append(out)
     finally:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-    path.write_bytes(base64.b64decode(shot["data"]))
+    return paths
 
 
 def check_page(
