@@ -194,12 +194,12 @@ def key_metrics(record: ResultRecord, limit: int = 2) -> str:
 def runs_table_markdown(records: Iterable[ResultRecord], chapters: Sequence[str] = ()) -> str:
     """A Markdown table with one row per recorded run (chapter, experiment, profile, provenance).
 
-    The commit is shortened to 7 hex digits and one key metric is shown, so that the table fits
-    the text column; the full provenance is in each result file.
+    The commit is shortened to 7 hex digits so that the table fits the text column; the full
+    provenance and every metric are in each result file.
     """
     header = (
-        "| chapter | experiment | profile | seed | device | seconds | commit | key metrics |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        "| chapter | experiment | profile | seed | device | seconds | commit |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n"
     )
     rows = []
     for r in records:
@@ -209,7 +209,7 @@ def runs_table_markdown(records: Iterable[ResultRecord], chapters: Sequence[str]
         commit = f"`{str(p['commit'])[:7]}`" + (" (dirty)" if p.get("dirty") else "")
         rows.append(
             f"| {shown} | {r.path.parent.name} | {p['profile']} | {p['seed']} | {p['device']} | "
-            f"{float(p['seconds']):.1f} | {commit} | {key_metrics(r, limit=1)} |"
+            f"{float(p['seconds']):.1f} | {commit} |"
         )
     if not rows:
         return "*No run is recorded yet.*"
