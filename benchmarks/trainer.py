@@ -279,16 +279,12 @@ def _ncvae(steps: int, batch: int | None, cl: bool, gen: torch.Generator) -> Cas
     rate_weight, noise_std = cfg.rate_weights[len(cfg.rate_weights) // 2], cfg.sweep_noise_std
 
     def step_fn(batch: tuple[Tensor, ...], global_step: int) -> dict[str, Tensor | float]:
-        # the runner's step (ibcore.runners.ncvae._train): fresh crops from a per-step generator
+        # the runner's step (ibcore.runners.ncvae.optimisation_step) on fresh crops from a per-step
+        # generator
         g = torch.Generator().manual_seed(12345 + global_step)
         xb = random_crops(images, cfg.crop, b, g).to(CPU, torch.float32) / 255.0
-        terms = model.loss(_to_cl(xb, cl), rate_weight, noise_std=noise_std, generator=g)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        return {k: v.detach() for k, v in terms.items()}
+        return r.optimisation_step(model, opt, _to_cl(xb, cl), rate_weight, noise_std, g,
+                                   cfg.grad_clip)
 
     def epoch_eval() -> object:
         return r._estimate_on_tests(model, kodak, CPU)

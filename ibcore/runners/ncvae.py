@@ -535,6 +535,20 @@ def _fingerprint(ctx: _Context, key: str, rate_weight: float, noise_std: float, 
                            "config": ctx.config.training_fields(trunk=key == "trunk")})
 
 
+def optimisation_step(model: NCVAE, opt: torch.optim.Optimizer, x: Tensor, rate_weight: float,
+                      noise_std: float, generator: torch.Generator, grad_clip: float
+                      ) -> dict[str, Tensor]:
+    """One step on a batch ``x`` in [0, 1]: rate + λ·distortion, back-propagated, the gradient's
+    norm clipped to ``grad_clip`` (when > 0), one optimizer step; the detached loss terms."""
+    terms = model.loss(x, rate_weight, noise_std=noise_std, generator=generator)
+    opt.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return {k: v.detach() for k, v in terms.items()}
+
+
 def _train(
     ctx: _Context,
     key: str,
@@ -589,13 +603,7 @@ def _train(
         crops, gen = batches.get(global_step)
         x = crops.to(dev, non_blocking=True).to(torch.float32) / 255.0
         noise_gen = gen if dev.type == "cpu" else torch.Generator(dev).manual_seed(base + global_step)
-        terms = model.loss(x, rate_weight, noise_std=noise_std, generator=noise_gen)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        return {k: v.detach() for k, v in terms.items()}
+        return optimisation_step(model, opt, x, rate_weight, noise_std, noise_gen, cfg.grad_clip)
 
     def epoch_end(epoch: int) -> dict[str, float]:
         with isolated_rng(dev):  # deterministic; the training streams stay untouched regardless
