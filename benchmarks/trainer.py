@@ -397,8 +397,10 @@ def bare_epoch(case: Case, steps: int | None = None, start_step: int = 0) -> flo
     return time.perf_counter() - t0
 
 
-def trainer_epoch(case: Case, checkpoint: Path | None) -> float:
-    """Seconds of one epoch of ``Trainer.fit`` (mid-epoch and epoch-end checkpoints included)."""
+def trainer_epoch(case: Case, checkpoint: Path | None) -> tuple[float, int]:
+    """Seconds of one epoch of ``Trainer.fit`` (mid-epoch and epoch-end checkpoints included)
+    and the number of checkpoints it wrote (mid-epoch saves wait for the Trainer's
+    ``checkpoint_min_seconds``, so fewer than the step interval alone would give)."""
     trainer = Trainer(case.modules, case.optimizer, case.data, batch_size=case.batch_size,
                       epochs=1, seed=SEED, device=CPU, loss_fn=case.loss_fn,
                       step_fn=case.step_fn, checkpoint_path=checkpoint,
@@ -406,7 +408,7 @@ def trainer_epoch(case: Case, checkpoint: Path | None) -> float:
                       fingerprint="benchmark", progress=False, desc=case.name)
     t0 = time.perf_counter()
     trainer.fit()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, trainer.saves
 
 
 def compare(case: Case, repeats: int, workdir: Path) -> dict[str, Any]:
@@ -415,11 +417,14 @@ def compare(case: Case, repeats: int, workdir: Path) -> dict[str, Any]:
     bare_epoch(case, steps=min(3, case.steps))  # warm-up: allocator, thread pool, Adam state
     trainer_s: list[float] = []
     bare_s: list[float] = []
+    saves_done: list[int] = []
     for rep in range(repeats):
         order = ("trainer", "bare") if rep % 2 == 0 else ("bare", "trainer")
         for which in order:
             if which == "trainer":
-                trainer_s.append(trainer_epoch(case, ckpt))
+                seconds, saves = trainer_epoch(case, ckpt)
+                trainer_s.append(seconds)
+                saves_done.append(saves)
             else:
                 bare_s.append(bare_epoch(case))
         print(f"  {case.name}: repeat {rep + 1}/{repeats} trainer {trainer_s[-1]:.2f} s, "
@@ -436,12 +441,13 @@ def compare(case: Case, repeats: int, workdir: Path) -> dict[str, Any]:
     ratios = [t / b for t, b in zip(trainer_s, bare_s, strict=True)]
     med_t, med_b = statistics.median(trainer_s), statistics.median(bare_s)
     steps = case.steps
-    saves_per_epoch = 1 + (
-        (steps - 1) // case.checkpoint_every_steps if case.checkpoint_every_steps else 0)
+    # the saves the Trainer really wrote (the step interval, thinned by its minimum time
+    # between mid-epoch saves, plus the one at the end of the epoch)
+    saves_per_epoch = statistics.median(saves_done)
     save_s = statistics.median(saves)
     # the Trainer's own per-step bookkeeping: its epoch less the measured cost of its saves
-    less_ckpt = [(t - saves_per_epoch * save_s) / b for t, b in zip(trainer_s, bare_s,
-                                                                      strict=True)]
+    less_ckpt = [(t - n * save_s) / b for t, n, b in zip(trainer_s, saves_done, bare_s,
+                                                          strict=True)]
     return {
         "steps_per_benchmark_epoch": steps,
         "checkpoint_every_steps": case.checkpoint_every_steps,
@@ -451,6 +457,7 @@ def compare(case: Case, repeats: int, workdir: Path) -> dict[str, Any]:
         "trainer_seconds_per_step": med_t / steps,
         "bare_seconds_per_step": med_b / steps,
         "trainer_time_over_bare_loop": statistics.median(ratios),
+        "trainer_time_over_bare_loop_ratio_of_medians": med_t / med_b,
         "trainer_time_over_bare_loop_min": min(ratios),
         "trainer_time_over_bare_loop_max": max(ratios),
         "checkpoint_share_of_trainer_epoch": saves_per_epoch * save_s / med_t,
@@ -461,6 +468,7 @@ def compare(case: Case, repeats: int, workdir: Path) -> dict[str, Any]:
         "bare_images_per_second": case.images_per_step * steps / med_b,
         "raw_trainer_seconds": trainer_s,
         "raw_bare_seconds": bare_s,
+        "raw_checkpoints_per_trainer_epoch": saves_done,
     }
 
 
@@ -727,6 +735,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a fast look: 1 repeat, 4-step epochs, 2-step in-process wins, no threads or compile")
     parser.add_argument("--no-record", action="store_true", help="print only, write no file")
+    parser.add_argument("--update", action="store_true",
+                        help="re-measure only --models and keep the other models' entries of the "
+                             "existing record (each entry names the run that measured it)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="gmvib", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=10, help=argparse.SUPPRESS)
@@ -753,12 +764,47 @@ def main(argv: list[str] | None = None) -> None:
 
         with RunRecorder(chapter="benchmarks", experiment="trainer", profile="cpu", seed=0,
                          device=CPU, config={}) as rec:
+            assert rec.path is not None
+            earlier = _earlier_entries(rec.path, args.models) if args.update else None
             metrics, history, config = run(args)
+            if earlier is not None:
+                metrics, history, config = _merge(earlier, metrics, history, config)
             rec.config.update(config)
             rec.metrics.update(metrics)
             rec.history.extend(history)
         print(f"recorded {rec.path}", file=sys.stderr)
     report(metrics, history)
+
+
+def _earlier_entries(path: Path, remeasured: list[str]) -> dict[str, Any]:
+    """The entries of the existing record at ``path`` for the models not re-measured now.
+
+    Each kept model entry carries ``measured_by``: the provenance and config of the run that
+    measured it (an entry already merged once keeps its own).
+    """
+    if not path.exists():
+        raise SystemExit(f"--update: there is no record at {path} to update; run without --update")
+    old = json.loads(path.read_text(encoding="utf-8"))
+    by = {"provenance": old["provenance"],
+          "config": {k: v for k, v in old["config"].items() if k != "earlier_runs"}}
+    kept = {name: {**entry, "measured_by": entry.get("measured_by", by)}
+            for name, entry in old["metrics"].items() if name not in remeasured}
+    rows = [r for r in old["history"] if r.get("model") not in remeasured]
+    return {"metrics": kept, "history": rows}
+
+
+def _merge(earlier: Mapping[str, Any], metrics: dict[str, Any], history: list[dict[str, Any]],
+           config: dict[str, Any]) -> tuple[dict, list[dict], dict]:
+    """This run's models (measured by this file's provenance) with the earlier entries."""
+    merged = {**earlier["metrics"], **{k: {**v, "measured_by": "this file's provenance"}
+                                       for k, v in metrics.items()}}
+    order = [m for m in MODELS if m in merged]
+    config = {**config, "models_measured_by_this_run": list(metrics),
+              "models": order,
+              "models_from_earlier_runs": sorted(earlier["metrics"])}
+    return ({m: merged[m] for m in order},
+            sorted([*earlier["history"], *history], key=lambda r: order.index(r["model"])),
+            config)
 
 
 def report(metrics: Mapping[str, Any], history: list[dict[str, Any]]) -> None:

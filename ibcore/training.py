@@ -128,6 +128,7 @@ class Trainer:
             "checkpoint_min_seconds", DEFAULT_CHECKPOINT_MIN_SECONDS
             if checkpoint_min_seconds is None else checkpoint_min_seconds)
         self._last_save = time.perf_counter()
+        self.saves = 0  # checkpoints written by this Trainer object (benchmarks count them)
         self.fingerprint = fingerprint
         self.epoch_end_fn = epoch_end_fn
         self.progress = progress
@@ -208,6 +209,7 @@ class Trainer:
     def save(self) -> None:
         if self.checkpoint_path is not None:
             save_checkpoint(self.checkpoint_path, self.state_dict(), fingerprint=self.fingerprint)
+            self.saves += 1
         self._last_save = time.perf_counter()
 
     # ----------------------------------------------------------------- training

@@ -53,3 +53,37 @@ def test_unknown_model_is_refused() -> None:
     bench = _load_benchmark()
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--no-record", "--models", "nope"])
+
+
+def test_saves_are_counted_as_the_trainer_writes_them(tmp_path: Path) -> None:
+    """Mid-epoch saves wait for ``checkpoint_min_seconds``: a short epoch writes only its end save."""
+    bench = _load_benchmark()
+    case = bench.build_case("glasses", steps=4)
+    case = bench.dataclasses.replace(case, checkpoint_every_steps=1)
+    _, saves = bench.trainer_epoch(case, tmp_path / "c.pt")
+    assert saves == 1  # four steps take far less than the default 60 s between mid-epoch saves
+
+
+def test_update_keeps_the_other_models_with_their_provenance(tmp_path: Path) -> None:
+    import json
+
+    bench = _load_benchmark()
+    old = {"provenance": {"commit": "a" * 40, "started": "t0"},
+           "config": {"repeats": 3},
+           "metrics": {"gmvib": {"trainer_time_over_bare_loop": 0.9},
+                       "infomax": {"trainer_time_over_bare_loop": 1.09}},
+           "history": [{"model": "gmvib", "met": True}, {"model": "infomax", "met": False}]}
+    path = tmp_path / "cpu-seed0.json"
+    path.write_text(json.dumps(old), encoding="utf-8")
+    earlier = bench._earlier_entries(path, ["infomax"])
+    metrics, history, config = bench._merge(
+        earlier, {"infomax": {"trainer_time_over_bare_loop": 1.01}},
+        [{"model": "infomax", "met": True}], {"repeats": 7})
+    assert list(metrics) == ["gmvib", "infomax"]
+    assert metrics["gmvib"]["measured_by"]["provenance"]["commit"] == "a" * 40
+    assert metrics["infomax"]["trainer_time_over_bare_loop"] == 1.01
+    assert metrics["infomax"]["measured_by"] == "this file's provenance"
+    assert [r["model"] for r in history] == ["gmvib", "infomax"] and history[1]["met"]
+    assert config["models_measured_by_this_run"] == ["infomax"]
+    with pytest.raises(SystemExit, match="no record"):
+        bench._earlier_entries(tmp_path / "missing.json", ["infomax"])
