@@ -11,6 +11,15 @@ batch size, no early stopping and no model selection on the test set):
 
 Reported: top-1 accuracy (a fraction in [0, 1]) on the training features and the test features.
 
+*Few-label probes* (:func:`few_label_probe`). Where pixels are already nearly linearly
+separable, a probe trained on all labels hides what a representation adds. The few-label probe
+draws ``n`` labelled training images, class-balanced (``n / classes`` per class), and fits an
+L2-regularised multinomial logistic regression on their (standardised) features; the
+regularisation strength ``C`` is chosen by stratified cross-validation *within the ``n``
+labelled images* (the test split is only scored). Repeated over ``draws`` independent draws;
+reported are the mean test accuracy, its sample standard deviation over the draws, the values
+of every draw and the chosen ``C``.
+
 *MINE estimate* (source Table 4, column ``Î_ρ(X, Y)``). A statistics network
 ``T(x, y) = ⟨a(x), b(y)⟩`` (MLPs on the flattened pixels and on Y) is trained to maximise the
 Donsker–Varadhan bound :math:`\mathbb E_{P}[T] - \log \mathbb E_{Q}[e^T]` with MINE's
@@ -43,7 +52,9 @@ __all__ = [
     "ProbeConfig",
     "ProbeResult",
     "accuracy",
+    "FewLabelResult",
     "extract_features",
+    "few_label_probe",
     "make_probe",
     "mine_estimate",
     "standardize",
@@ -91,6 +102,7 @@ class ProbeResult:
     train_accuracy: float
     test_accuracy: float
     train_loss: list[float] = field(default_factory=list)
+    val_accuracy: float | None = None  # on the validation features, when given
 
 
 def _check_features(name: str, x: Tensor) -> Tensor:
@@ -176,11 +188,13 @@ def train_probe(
     config: ProbeConfig,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
+    val: tuple[Tensor, Tensor] | None = None,
 ) -> ProbeResult:
     """Train a probe on (already standardised) features with the fixed schedule of ``config``.
 
     Mini-batch order and dropout masks are drawn from ``generator`` (on the CPU), so the result
-    is a pure function of the inputs and the generator's state.
+    is a pure function of the inputs and the generator's state. ``val`` (features, labels) of a
+    validation split carved from the training data is scored too, for choices made on it.
     """
     train_x = _check_features("train_x", train_x)
     test_x = _check_features("test_x", test_x)
@@ -189,6 +203,12 @@ def train_probe(
     classes = check_int("classes", classes, low=2)
     train_y = _check_labels("train_y", train_y, train_x.shape[0], classes)
     test_y = _check_labels("test_y", test_y, test_x.shape[0], classes)
+    if val is not None:
+        val = (_check_features("val features", val[0]),
+               _check_labels("val labels", val[1], val[0].shape[0], classes))
+        if val[0].shape[1] != train_x.shape[1]:
+            raise ShapeError(f"val features have {val[0].shape[1]} columns, train_x "
+                             f"{train_x.shape[1]}")
     device = torch.device(device)
     net = make_probe(kind, train_x.shape[1], classes, config, generator).to(device)
     base_lr = config.lr if kind == "linear" else config.mlp_lr
@@ -230,7 +250,95 @@ def train_probe(
         train_accuracy=accuracy(net, xs, ys),
         test_accuracy=accuracy(net, test_x.to(device), test_y.to(device)),
         train_loss=losses,
+        val_accuracy=None if val is None else accuracy(net, val[0].to(device),
+                                                        val[1].to(device)),
     )
+
+
+@dataclass(frozen=True)
+class FewLabelResult:
+    """Test accuracy of linear probes trained on ``labels`` labelled images (one per draw)."""
+
+    labels: int
+    test_accuracy: float  # mean over the draws
+    test_accuracy_std: float  # sample standard deviation over the draws (0 for one draw)
+    test_accuracies: list[float]
+    chosen_c: list[float]
+    val_accuracy: float | None = None  # mean over the draws, on the validation features
+
+
+FEW_LABEL_C_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
+"""Inverse L2 strengths the cross-validation of :func:`few_label_probe` chooses from."""
+
+
+def balanced_draw(labels: Tensor, n: int, classes: int, generator: torch.Generator) -> Tensor:
+    """Indices of ``n`` items, ``n / classes`` of each class, drawn without replacement."""
+    n, classes = check_int("n", n), check_int("classes", classes, low=2)
+    if n % classes:
+        raise InvalidParameterError(f"{n} labels cannot be split evenly over {classes} classes")
+    per = n // classes
+    picks = []
+    for c in range(classes):
+        idx = torch.nonzero(labels == c).flatten()
+        if idx.numel() < per:
+            raise InvalidParameterError(
+                f"class {c} has {idx.numel()} training images, fewer than the {per} asked for")
+        picks.append(idx[torch.randperm(idx.numel(), generator=generator)[:per]])
+    return torch.cat(picks)
+
+
+def few_label_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    *,
+    labels: int,
+    classes: int,
+    draws: int,
+    generator: torch.Generator,
+    folds: int = 3,
+    val: tuple[Tensor, Tensor] | None = None,
+) -> FewLabelResult:
+    """Linear probes trained on ``labels`` class-balanced labelled images (module docstring).
+
+    ``train_x`` are the (standardised) features of the whole unlabelled pool; only the drawn
+    rows' labels are used. ``C`` is picked from :data:`FEW_LABEL_C_GRID` by ``folds``-fold
+    stratified cross-validation on the drawn images, then the probe is refitted on all of them.
+    ``val`` (features, labels of a validation split) is scored too.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    train_x = _check_features("train_x", train_x)
+    test_x = _check_features("test_x", test_x)
+    classes = check_int("classes", classes, low=2)
+    train_y = _check_labels("train_y", train_y, train_x.shape[0], classes)
+    test_y = _check_labels("test_y", test_y, test_x.shape[0], classes)
+    draws, folds = check_int("draws", draws), check_int("folds", folds, low=2)
+    if labels // classes < folds:
+        raise InvalidParameterError(
+            f"{labels} labels give {labels // classes} per class, fewer than {folds} folds")
+    xt = test_x.double().numpy()
+    yt = test_y.numpy()
+    accs, cs, vals = [], [], []
+    for _ in range(draws):
+        idx = balanced_draw(train_y, labels, classes, generator)
+        x, y = train_x[idx].double().numpy(), train_y[idx].numpy()
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        scores = [cross_val_score(LogisticRegression(C=c, max_iter=500), x, y, cv=split).mean()
+                  for c in FEW_LABEL_C_GRID]
+        best = FEW_LABEL_C_GRID[max(range(len(scores)), key=lambda i: scores[i])]
+        clf = LogisticRegression(C=best, max_iter=500).fit(x, y)
+        accs.append(float((clf.predict(xt) == yt).mean()))
+        cs.append(best)
+        if val is not None:
+            vals.append(float((clf.predict(val[0].double().numpy()) == val[1].numpy()).mean()))
+    mean = sum(accs) / draws
+    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (draws - 1)) if draws > 1 else 0.0
+    return FewLabelResult(labels, mean, std, accs, cs,
+                          sum(vals) / len(vals) if vals else None)
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ from ibcore.objectives.infomax import (
     dim_mi_terms,
     global_mi,
     local_mi,
+    local_negatives_per_positive,
     prior_discriminator_loss,
     prior_generator_loss,
     sample_uniform_prior,
@@ -43,7 +44,9 @@ from ibcore.probes import (
     MineConfig,
     ProbeConfig,
     accuracy,
+    balanced_draw,
     extract_features,
+    few_label_probe,
     mine_estimate,
     standardize,
     train_probe,
@@ -93,7 +96,7 @@ def test_local_mi_is_average_of_per_location_bounds(estimator: str) -> None:
     slices = [S, [[0.1, 0.2, 0.3], [0.0, -1.0, 0.4], [2.0, 1.0, 0.5]]]
     scores = torch.tensor(slices, dtype=torch.float64).permute(1, 2, 0)  # [B, B, M²]
     want = sum(_hand_bounds(sl)[estimator] for sl in slices) / 2
-    assert float(local_mi(scores, estimator)) == pytest.approx(want, abs=1e-12)
+    assert float(local_mi(scores, estimator, "same_location")) == pytest.approx(want, abs=1e-12)
 
 
 @pytest.mark.parametrize("estimator", ["dv", "jsd", "infonce"])
@@ -108,24 +111,67 @@ def test_local_mi_matches_the_loop_over_locations(estimator: str, dtype: torch.d
         raw = 3.0 * torch.randn(b, b, m2, generator=gen, dtype=dtype)
         s_loop, s_vec = raw.clone().requires_grad_(True), raw.clone().requires_grad_(True)
         loop = torch.stack([bound(s_loop[:, :, l]) for l in range(m2)]).mean()
-        vec = local_mi(s_vec, estimator)
+        vec = local_mi(s_vec, estimator, "same_location")
         loop.backward()
         vec.backward()
         torch.testing.assert_close(vec, loop, **tol)
         torch.testing.assert_close(s_vec.grad, s_loop.grad, **tol)
     bad = torch.zeros(3, 3, 2, dtype=dtype)
     bad[0, 1, 1] = math.nan
-    with pytest.raises(NonFiniteError):
-        local_mi(bad, estimator)
+    for negatives in ("same_location", "all_locations"):
+        with pytest.raises(NonFiniteError):
+            local_mi(bad, estimator, negatives)
 
 
-def test_local_dv_differs_from_pooled_negatives() -> None:
-    # per-location DV (the source's average of M² estimates) is not the pooled estimate
-    a, b = [[1.0, 0.0], [0.0, 1.0]], [[1.0, 3.0], [3.0, 1.0]]
-    scores = torch.tensor([a, b], dtype=torch.float64).permute(1, 2, 0)
-    pooled = 1.0 - math.log((2 * math.exp(0.0) + 2 * math.exp(3.0)) / 4)
-    assert float(local_mi(scores, "dv")) == pytest.approx(((1 - 0) + (1 - 3)) / 2)
-    assert float(local_mi(scores, "dv")) != pytest.approx(pooled)
+def _hand_local_all_locations(s: torch.Tensor, estimator: str) -> float:
+    """The source's local bound by explicit loops: positive (j, l) against S[k, j, l'], k ≠ j."""
+    b, _, m2 = s.shape
+    v = s.tolist()
+    sp = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    pos = [v[j][j][l] for j in range(b) for l in range(m2)]
+    neg = [v[k][j][l] for j in range(b) for k in range(b) if k != j for l in range(m2)]
+    if estimator == "jsd":
+        return -sum(sp(-x) for x in pos) / len(pos) - sum(sp(x) for x in neg) / len(neg)
+    if estimator == "dv":
+        return sum(pos) / len(pos) - math.log(sum(math.exp(x) for x in neg) / len(neg))
+    total = 0.0
+    for j in range(b):
+        negs = [v[k][j][l] for k in range(b) if k != j for l in range(m2)]
+        for l in range(m2):
+            p = v[j][j][l]
+            total += p - math.log(math.exp(p) + sum(math.exp(x) for x in negs))
+    return math.log(1 + (b - 1) * m2) + total / (b * m2)
+
+
+@pytest.mark.parametrize("estimator", ["dv", "jsd", "infonce"])
+def test_local_mi_with_the_sources_negatives_matches_loops(estimator: str) -> None:
+    gen = torch.Generator().manual_seed(5)
+    for b, m2 in [(2, 1), (3, 4), (5, 9)]:
+        s = 2.0 * torch.randn(b, b, m2, generator=gen, dtype=torch.float64)
+        got = float(local_mi(s, estimator))  # the default is the source's negatives
+        assert got == pytest.approx(_hand_local_all_locations(s, estimator), abs=1e-10)
+
+
+def test_local_negatives_differ_where_they_should() -> None:
+    gen = torch.Generator().manual_seed(6)
+    s = 2.0 * torch.randn(4, 4, 9, generator=gen, dtype=torch.float64)
+    # JSD averages positives and negatives separately over the same pairs: the same number
+    assert float(local_mi(s, "jsd", "all_locations")) == pytest.approx(
+        float(local_mi(s, "jsd", "same_location")), abs=1e-12)
+    for est in ("dv", "infonce"):
+        assert float(local_mi(s, est, "all_locations")) != pytest.approx(
+            float(local_mi(s, est, "same_location")), abs=1e-6)
+    # InfoNCE's ceiling: log(1 + (B − 1) M²) with all locations, log B with the same location
+    sep = torch.full((4, 4, 9), -50.0, dtype=torch.float64)
+    for j in range(4):
+        sep[j, j, :] = 50.0
+    assert float(local_mi(sep, "infonce")) == pytest.approx(math.log(1 + 3 * 9), abs=1e-9)
+    assert float(local_mi(sep, "infonce", "same_location")) == pytest.approx(math.log(4),
+                                                                             abs=1e-9)
+    assert local_negatives_per_positive(64, 64, "all_locations") == 63 * 64
+    assert local_negatives_per_positive(64, 64, "same_location") == 63
+    with pytest.raises(UnknownNameError):
+        local_mi(s, "jsd", "everywhere")
 
 
 def test_prior_losses_closed_form() -> None:
@@ -327,6 +373,54 @@ def test_standardize_and_accuracy_against_sklearn() -> None:
         accuracy_score(labels.numpy(), pred.numpy()))
 
 
+def test_few_label_probe_draws_balanced_labels_and_learns() -> None:
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(600) % 3
+    idx = balanced_draw(y, 30, 3, gen)
+    assert idx.unique().numel() == 30 and torch.bincount(y[idx]).tolist() == [10, 10, 10]
+    with pytest.raises(InvalidParameterError, match="evenly"):
+        balanced_draw(y, 31, 3, gen)
+    with pytest.raises(InvalidParameterError, match="fewer"):
+        balanced_draw(y[:30], 60, 3, gen)
+    # separable features: the few-label probe is near perfect; noise features: near chance
+    centers = 4.0 * torch.eye(3, 5)
+    x = centers[y] + 0.3 * torch.randn(600, 5, generator=gen)
+    xt, yt = x[:300], y[:300]
+    res = few_label_probe(x, y, xt, yt, labels=30, classes=3, draws=3, generator=gen,
+                          val=(x[300:], y[300:]))
+    assert res.test_accuracy > 0.97 and len(res.test_accuracies) == 3
+    assert res.val_accuracy is not None and res.val_accuracy > 0.97
+    assert all(c in (0.001, 0.01, 0.1, 1.0) for c in res.chosen_c)
+    noise = torch.randn(600, 5, generator=gen)
+    chance = few_label_probe(noise, y, noise[:300], yt, labels=30, classes=3, draws=2,
+                             generator=gen)
+    assert chance.test_accuracy < 0.5
+    with pytest.raises(InvalidParameterError, match="folds"):
+        few_label_probe(x, y, xt, yt, labels=6, classes=3, draws=1, generator=gen)
+
+
+def test_paired_difference_interval_and_verdicts() -> None:
+    from scipy import stats
+
+    a, b = [80.0, 82.0, 81.0], [78.0, 79.5, 79.0]
+    res = runner.paired_difference(a, b)
+    d = np.array(a) - np.array(b)
+    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    assert res["mean"] == pytest.approx(d.mean()) and res["interval_95"] == pytest.approx([lo, hi])
+    assert res["verdict"] == "supported"
+    assert runner.paired_difference(b, a)["verdict"] == "contradicted"
+    assert runner.paired_difference([1.0, 2.0], [2.0, 0.5])["verdict"] == "undecided"
+    assert runner.paired_difference([1.0], [0.0])["interval_95"] is None
+    with pytest.raises(InvalidParameterError):
+        runner.paired_difference([1.0], [1.0, 2.0])
+    assert runner.row_name("dim_l_jsd_r1") == "dim_l_jsd" and runner.row_name("random") == "random"
+    rows = {"ae": {"row": "autoencoder", "replicate": 0, "label": "AE", "test_x": 0.5},
+            "ae_r1": {"row": "autoencoder", "replicate": 1, "label": "AE", "test_x": 0.7}}
+    table = runner.aggregate_rows(rows)["autoencoder"]
+    assert table["seeds"] == [0, 1] and table["metrics"]["test_x"]["mean"] == pytest.approx(0.6)
+    assert table["metrics"]["test_x"]["std"] == pytest.approx(math.sqrt(0.02))
+
+
 def test_extract_features_flattens_levels() -> None:
     enc = DCGANEncoder(1, width=2, fc_dim=8, y_dim=3, generator=torch.Generator().manual_seed(0))
     enc.eval()
@@ -384,6 +478,17 @@ def test_configs_and_specs() -> None:
         runner.InfomaxConfig(dataset="imagenet")
     with pytest.raises(UnknownNameError):
         runner.run("huge")
+    with pytest.raises(InvalidParameterError, match="whole number"):
+        runner.InfomaxConfig(epochs=3, negatives_batch_sizes=(16, 64))
+    with pytest.raises(UnknownNameError):
+        runner.InfomaxConfig(schedule_kind="sawtooth")
+    # every DIM model uses the source's negatives but the named ablation
+    assert all(s.local_negatives == "all_locations" for s in main.values())
+    neg = runner.experiment_specs(cpu, "negatives")
+    assert {s.local_negatives for s in neg.values()} == {"all_locations", "same_location"}
+    steps = {s.epochs * (cpu.train_subset // s.batch_size) for s in neg.values()}
+    assert len(steps) == 1
+    assert {runner.row_name(n) for n in main} == {n for n in main if not n[-1].isdigit()}
 
 
 def test_pca_matches_sklearn_up_to_sign() -> None:
@@ -402,9 +507,13 @@ def test_paper_profile_on_cifar10_standin(tmp_path: Path) -> None:
     cfg = runner.PROFILES["paper"]
     import dataclasses
 
-    small = dataclasses.replace(cfg, train_subset=12, test_subset=6)
+    small = dataclasses.replace(cfg, train_subset=12, val_subset=8, test_subset=6)
     data = runner.load_data(small, seed=0, root=tmp_path, verify_checksums=False)
     assert data.train_x.shape == (12, 3, 32, 32) and data.train_x.dtype == torch.uint8
+    assert data.val_x.shape == (8, 3, 32, 32)
+    with pytest.raises(InvalidParameterError, match="leaves no training images"):
+        runner.load_data(dataclasses.replace(small, val_subset=40), seed=0, root=tmp_path,
+                         verify_checksums=False)
     assert data.test_x.shape == (6, 3, 32, 32) and data.channels == 3
     x = runner.image_transform(data.train_x[:4])
     for est, gamma in (("dv", 0.0), ("jsd", 0.0), ("infonce", cfg.prior_gamma)):
@@ -444,17 +553,33 @@ def test_smoke_run_writes_results_and_resumes(tmp_path: Path, fashion_data: None
         assert math.isfinite(rows[name]["test_mine_I_xy_nats"])
     assert "test_accuracy_supervised" in rows["supervised"]
     assert "test_reconstruction_mse" in rows["autoencoder"]
-    assert {"margin_over_random_points", "dim_l_estimator_order_linear_y"} <= set(
-        probes["metrics"]["bars"])
-    hist = [h for h in probes["history"] if h["model"] == "dim_l_jsd"]
-    assert [h["epoch"] for h in hist] == [0, 1] and "test_local_infonce" in hist[-1]
-    trace = probes["metrics"]["traces"]["dim_l_jsd"]  # held-out estimates every few steps
     cfg = runner.PROFILES["smoke"]
+    bars = probes["metrics"]["bars"]
+    for setting in ("full_label", *(f"few_label_{n}" for n in cfg.few_label_counts)):
+        assert {"best_dim_l_estimator", "margin_over_autoencoder_points", "bars_met",
+                "paired_dim_l_minus_autoencoder_points"} <= set(bars[setting])
+        assert bars[setting]["paired_dim_l_minus_autoencoder_points"]["n"] == cfg.replicates
+    for n in cfg.few_label_counts:
+        assert 0.0 <= rows["dim_l_jsd"][f"test_accuracy_few_label_{n}_linear_y"] <= 1.0
+        assert 0.0 <= rows["dim_l_jsd"][f"val_accuracy_few_label_{n}_linear_y"] <= 1.0
+    assert rows["dim_l_jsd_r1"]["replicate"] == 1 and "supervised_r1" not in rows
+    assert probes["metrics"]["seeds"] == list(range(cfg.replicates))
+    table = probes["metrics"]["table"]["dim_l_jsd"]["metrics"]["test_accuracy_linear_y"]
+    assert table["n"] == cfg.replicates
+    assert probes["metrics"]["min_local_negatives_per_positive"] == (cfg.batch_size - 1) * 64
+    hist = [h for h in probes["history"] if h["model"] == "dim_l_jsd"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2] and "test_local_infonce" in hist[-1]
+    assert hist[-1]["lr_end"] < 0.01 * hist[1]["lr_end"]  # the schedule decayed
+    trace = probes["metrics"]["traces"]["dim_l_jsd"]  # held-out estimates every few steps
     steps = cfg.epochs * (cfg.train_subset // cfg.batch_size)
     assert [t["step"] for t in trace] == list(range(0, steps + 1, cfg.trace_every_steps))
     assert trace[-1]["test_local_infonce"] == pytest.approx(hist[-1]["test_local_infonce"])
     neg = json.loads(out["negatives"].read_text())["metrics"]["runs"]
     assert {r["batch_size"] for r in neg} == set(runner.PROFILES["smoke"].negatives_batch_sizes)
+    assert len({r["steps"] for r in neg}) == 1  # every batch size: the same number of steps
+    ablation = [r for r in neg if r["local_negatives"] == "same_location"]
+    assert [r["estimator"] for r in ablation] == ["infonce"]
+    assert ablation[0]["local_negatives_per_positive"] == cfg.batch_size - 1
     trade = json.loads(out["tradeoff"].read_text())
     coords, labels = runner.load_pca_artifact(out["tradeoff"], trade["artifacts"]["pca_lambda_0"])
     assert coords.shape == (runner.PROFILES["smoke"].pca_points, 2) and labels.shape[0] == 100
@@ -506,7 +631,7 @@ def test_interrupted_dim_training_resumes_exactly(
         a, b = ref.modules[key].state_dict(), resumed.modules[key].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), key
     assert resumed.evals["trace"] == ref.evals["trace"]
-    assert [h["epoch"] for h in resumed.evals["history"]] == [0, 1]
+    assert [h["epoch"] for h in resumed.evals["history"]] == [0, 1, 2]
 
 
 def test_source_numbers_file() -> None:

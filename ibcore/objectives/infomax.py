@@ -9,16 +9,28 @@ pairs, off-diagonal: pairs from the product of marginals),
 :math:`\hat I_G = \hat I(C(X); E(X))` is the chosen bound of ``S``.
 
 **Local term.** With ``[B, B, M²]`` scores ``S[i, j, l] = T(C^{(l)}(x_i), E(x_j))``, the
-source's local objective is the average over the ``M²`` locations of an MI estimate between the
-feature at location ``l`` and the global vector,
+positive pairs are the ``B · M²`` entries ``S[j, j, l]`` (location ``l`` of image ``j`` with the
+global vector of the same image). Following the source, the negatives of the global vector
+``E(x_j)`` are the local features of *every other image at every location*,
+``S[k, j, l']`` for ``k ≠ j`` and all ``l'``: ``(B − 1) · M²`` negatives per positive pair
+(``negatives="all_locations"``, the default). The three estimators then read
 
 .. math::
-    \hat I_L = \frac{1}{M^2} \sum_{l=1}^{M^2} \hat I\big(C^{(l)}(X);\, E(X)\big),
+    \hat I_L^{\mathrm{JSD}} = \operatorname*{mean}_{j,l} \big[-\mathrm{sp}(-S_{jjl})\big]
+        - \operatorname*{mean}_{k \ne j,\, l'} \mathrm{sp}(S_{kjl'}), \qquad
+    \hat I_L^{\mathrm{DV}} = \operatorname*{mean}_{j,l} S_{jjl}
+        - \log \operatorname*{mean}_{k \ne j,\, l'} e^{S_{kjl'}},
 
-and each of the ``M²`` estimates uses the ``B × B`` slice ``S[:, :, l]``: the positive pair of
-image ``i`` is ``(C^{(l)}(x_i), E(x_i))``, its negatives are ``(C^{(l)}(x_k), E(x_i))``,
-``k ≠ i`` (the same location in all other images of the batch). For InfoNCE the softmax runs
-over the candidate inputs ``x'`` for a fixed ``E(x)``, as in the source's "Objective 3".
+.. math::
+    \hat I_L^{\mathrm{NCE}} = \log\big(1 + (B-1)M^2\big) + \operatorname*{mean}_{j,l}
+        \log \frac{e^{S_{jjl}}}{e^{S_{jjl}} + \sum_{k \ne j,\, l'} e^{S_{kjl'}}},
+
+so InfoNCE can reach ``log(1 + (B − 1)M²)`` nats instead of ``log B``. The named ablation
+``negatives="same_location"`` contrasts location ``l`` only with the same location of the other
+images: each of the ``M²`` slices ``S[:, :, l]`` gets the ``B × B`` bound of the global term and
+the ``M²`` values are averaged (``B − 1`` negatives per positive). For JSD the two are the same
+number (the positives and the negatives are averaged separately over the same pairs); for DV and
+InfoNCE they differ.
 
 **Combined objective** (the source's "Combining all together")
 
@@ -54,9 +66,11 @@ from ibcore.validation import check_finite, check_float, check_int, check_weight
 
 __all__ = [
     "ESTIMATORS",
+    "LOCAL_NEGATIVES",
     "dim_mi_terms",
     "global_mi",
     "local_mi",
+    "local_negatives_per_positive",
     "prior_discriminator_loss",
     "prior_generator_loss",
     "sample_uniform_prior",
@@ -65,6 +79,28 @@ __all__ = [
 
 ESTIMATORS: tuple[str, ...] = ("dv", "jsd", "infonce")
 """The source's three MI objectives: Donsker–Varadhan (MINE), Jensen–Shannon, InfoNCE."""
+
+
+LOCAL_NEGATIVES: tuple[str, ...] = ("all_locations", "same_location")
+"""Negatives of the local term: the source's (other images, every location) and the ablation
+(other images, the positive's location only)."""
+
+
+def _check_negatives(negatives: str) -> str:
+    if negatives not in LOCAL_NEGATIVES:
+        raise UnknownNameError(
+            f"unknown local negatives {negatives!r}; choose one of {', '.join(LOCAL_NEGATIVES)}"
+        )
+    return negatives
+
+
+def local_negatives_per_positive(batch_size: int, locations: int, negatives: str) -> int:
+    """Negative pairs each positive pair of the local term is contrasted with."""
+    batch_size, locations = check_int("batch_size", batch_size, low=2), check_int(
+        "locations", locations)
+    if _check_negatives(negatives) == "all_locations":
+        return (batch_size - 1) * locations
+    return batch_size - 1
 
 
 def _check_estimator(estimator: str) -> str:
@@ -99,15 +135,46 @@ def global_mi(scores: Tensor, estimator: str) -> Tensor:
     return _bound_of_matrix(estimator)(scores)
 
 
-def local_mi(scores: Tensor, estimator: str) -> Tensor:
-    """``(1/M²) Σ_l Î(C^{(l)}(X); E(X))`` from ``[B, B, M²]`` scores (see module docstring)."""
+def local_mi(scores: Tensor, estimator: str, negatives: str = "all_locations") -> Tensor:
+    """The local MI estimate from ``[B, B, M²]`` scores with the chosen negatives (module
+    docstring): the source's all-location negatives, or the same-location ablation."""
     _check_estimator(estimator)
+    _check_negatives(negatives)
     if not isinstance(scores, Tensor) or scores.dim() != 3 or scores.shape[0] != scores.shape[1]:
         raise ShapeError(
             "local scores must have shape [B, B, M²] with S[i, j, l] = T(C^(l)(x_i), E(x_j)), got "
             f"{tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__}"
         )
-    return _local_bounds(check_float("local scores", scores), estimator).mean()
+    scores = check_float("local scores", scores)
+    if negatives == "same_location":
+        return _local_bounds(scores, estimator).mean()
+    return _pooled_local_bound(scores, estimator)
+
+
+def _pooled_local_bound(scores: Tensor, estimator: str) -> Tensor:
+    """The local bound with every other image's features at every location as negatives.
+
+    For the global vector of image ``j`` the positives are ``S[j, j, :]`` and the negatives
+    ``S[k, j, :]``, ``k ≠ j`` (all ``M²`` locations): see the module docstring for the three
+    estimators. The image's own other locations are neither positives nor negatives.
+    """
+    b, _, m2 = scores.shape
+    if b < 2:
+        raise ShapeError("local scores need B ≥ 2 images so that negative pairs exist")
+    pos = scores.diagonal(dim1=0, dim2=1).T  # [B, M²]: pos[j, l] = S[j, j, l]
+    same_image = torch.eye(b, dtype=torch.bool, device=scores.device)[:, :, None]
+    if estimator == "infonce":
+        # per global vector j, the log-sum-exp of its (B − 1)·M² negatives S[k, j, l'], k ≠ j
+        neg = scores.masked_fill(same_image, -math.inf).transpose(0, 1).reshape(b, -1)
+        neg_lse = torch.logsumexp(neg, dim=1, keepdim=True)  # [B, 1]
+        log_p = pos - torch.logaddexp(pos, neg_lse)
+        return math.log(1 + (b - 1) * m2) + log_p.mean()
+    n_neg = b * (b - 1) * m2
+    if estimator == "dv":
+        neg_lse = torch.logsumexp(scores.masked_fill(same_image, -math.inf).flatten(), dim=0)
+        return pos.mean() - (neg_lse - math.log(n_neg))
+    sp_neg = F.softplus(scores).masked_fill(same_image, 0.0).sum() / n_neg
+    return -F.softplus(-pos).mean() - sp_neg
 
 
 def _local_bounds(scores: Tensor, estimator: str) -> Tensor:
@@ -165,11 +232,13 @@ def dim_mi_terms(
     *,
     alpha: float,
     beta: float,
+    local_negatives: str = "all_locations",
 ) -> dict[str, Tensor]:
     r"""The MI part of the DIM objective for one batch.
 
     ``local`` is the ``[B, C, M, M]`` feature map, ``y`` the ``[B, D]`` global vector; the
-    critics map ``(local, y)`` to ``[B, B]`` and ``[B, B, M²]`` scores. Returns
+    critics map ``(local, y)`` to ``[B, B]`` and ``[B, B, M²]`` scores; ``local_negatives``
+    picks the local term's negatives (:data:`LOCAL_NEGATIVES`). Returns
 
     * ``"global_mi"``, ``"local_mi"``: the two estimates (nats for DV and InfoNCE; the JSD
       objective lies in ``[−log 4, 0]`` and is not in nats);
@@ -191,7 +260,7 @@ def dim_mi_terms(
     g_scores = global_critic(scale_gradient(local, alpha), scale_gradient(y, alpha))
     l_scores = local_critic(scale_gradient(local, beta), scale_gradient(y, beta))
     ig = global_mi(g_scores, estimator)
-    il = local_mi(l_scores, estimator)
+    il = local_mi(l_scores, estimator, local_negatives)
     return {
         "loss": -(ig + il),
         "objective": (alpha * ig + beta * il).detach(),

@@ -12,15 +12,27 @@ Every model shares the DCGAN-style encoder of :mod:`ibcore.models.dcgan` (conv f
   (linear head on Y, cross-entropy), an autoencoder (the mirrored decoder of
   :class:`ibcore.models.dcgan.ConvDecoder`, squared error).
 
+**Protocol.** Every trained encoder runs the same number of Adam steps under a per-step
+schedule (linear warm-up, cosine decay to 1/1000 of the peak; :mod:`ibcore.schedules`); at the
+end of every epoch a logistic regression on Y, fitted on training images and scored on a
+validation split carved from the training data, records the learning curve. The main rows
+(DIM(G), DIM(L) with each estimator, the autoencoder, the random encoder) are trained with
+``replicates`` seeds. Choices ("the best estimator") are made on the validation split; the test
+split is only scored.
+
 Experiments (one result file each):
 
 ``probes``
     The source's Tables 1 and 4: linear and 200-unit-MLP probes on the frozen conv, fc and Y
-    features of every model, the MINE estimate of I(X;Y) per encoder, and per epoch the global
-    and local MI estimates on held-out images (the information-plane trajectories).
+    features of every model, few-label linear probes (:func:`ibcore.probes.few_label_probe`),
+    the MINE estimate of I(X;Y) per encoder, per epoch the global and local MI estimates on
+    held-out images (the information-plane trajectories), the table over seeds and the
+    replicate-paired comparisons of DIM(L) with the autoencoder and DIM(G).
 ``negatives``
-    The source's Figure 9: DIM(L) with JSD and with InfoNCE at several batch sizes (a batch of B
-    gives each positive pair B − 1 negatives); linear probes on Y and conv.
+    The source's Figure 9: DIM(L) with JSD and with InfoNCE at several batch sizes, every one
+    for the same number of steps (a batch of B gives each positive pair (B − 1)·M² negatives),
+    and the same-location ablation of the local negatives (B − 1 per positive); linear probes
+    on Y and conv, few-label probes on Y.
 ``tradeoff``
     The chapter's slider: the local/global weight λ (α = λ, β = 1 − λ; λ = 0 is DIM(L),
     λ = 1 is DIM(G)); probes on Y and a 2-D PCA of Y on held-out images, stored beside the
@@ -61,6 +73,7 @@ from ibcore.errors import (
 )
 from ibcore.models.dcgan import (
     IMAGE_SIZE,
+    LOCAL_SIZE,
     Classifier,
     ConvDecoder,
     DCGANEncoder,
@@ -70,9 +83,11 @@ from ibcore.models.dcgan import (
 )
 from ibcore.objectives.infomax import (
     ESTIMATORS,
+    LOCAL_NEGATIVES,
     dim_mi_terms,
     global_mi,
     local_mi,
+    local_negatives_per_positive,
     prior_discriminator_loss,
     prior_generator_loss,
     sample_uniform_prior,
@@ -81,6 +96,7 @@ from ibcore.probes import (
     MineConfig,
     ProbeConfig,
     extract_features,
+    few_label_probe,
     mine_estimate,
     standardize,
     train_probe,
@@ -89,6 +105,7 @@ from ibcore.profiles import as_dict
 from ibcore.projection import pca_2d
 from ibcore.results import RunRecorder, read_artifact
 from ibcore.runners.context import RunContext, prepare_run
+from ibcore.schedules import Schedule
 from ibcore.tasks import Task, run_experiments
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
@@ -114,7 +131,10 @@ __all__ = [
     "image_transform",
     "load_data",
     "load_pca_artifact",
+    "aggregate_rows",
+    "paired_difference",
     "pca_2d",
+    "row_name",
     "run",
 ]
 
@@ -129,7 +149,12 @@ class InfomaxConfig:
     """Settings of the three experiments (one profile = one instance)."""
 
     dataset: str = "fashion_mnist"
-    train_subset: int | None = 20000
+    # a multiple of every batch size of the negatives experiment, so that each trains for
+    # exactly the same number of steps
+    train_subset: int | None = 20480
+    # labelled validation images carved from the training split (disjoint from the encoders'
+    # and the probes' training images): every choice ("the best estimator") is made on them
+    val_subset: int = 5000
     test_subset: int | None = 5000
     probe_train_subset: int | None = None
     # encoder and critics
@@ -141,21 +166,42 @@ class InfomaxConfig:
     prior_hidden: tuple[int, ...] = (1000, 200)
     # training
     batch_size: int = 64
-    epochs: int = 2
+    epochs: int = 16
     lr: float = 1e-3
+    # per-step schedule of every Adam of a model (encoder, critics, prior discriminator):
+    # "warmup_cosine" is a linear warm-up to ``lr`` over 5 % of the steps, then a cosine decay
+    # to lr / 1000 at the last step (see ibcore.schedules)
+    schedule_kind: str = "warmup_cosine"
     checkpoint_every_steps: int = 50
     mi_eval_size: int = 256
     trace_every_steps: int = 50
+    # at the end of every epoch: a linear probe on Y fitted on this many training images and
+    # scored on the validation images (the learning curve that shows when an encoder has
+    # stopped moving); 0 turns it off
+    epoch_probe_images: int = 5000
     # models
     estimators: tuple[str, ...] = ESTIMATORS
     prior_estimator: str = "infonce"
     prior_gamma: float = 0.1
+    # local negatives of every DIM model but the named ablation (see ibcore.objectives.infomax)
+    local_negatives: str = "all_locations"
+    # training seeds of the main rows (DIM(G), DIM(L) with every estimator, the autoencoder
+    # and the random encoder); the other models are trained once
+    replicates: int = 2
     # evaluation
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     mine: MineConfig = field(default_factory=MineConfig)
+    # few-label linear probes: labelled training images (class-balanced) and draws of them
+    few_label_counts: tuple[int, ...] = (100, 1000)
+    few_label_draws: int = 3
     # negatives (source Fig. 9)
     negatives_estimators: tuple[str, ...] = ("jsd", "infonce")
+    # each batch size trains for the same number of steps as the main batch size (so a batch
+    # of 16 sees a quarter of the images of a batch of 64); ``epochs × b / batch_size`` must be
+    # a whole number
     negatives_batch_sizes: tuple[int, ...] = (16, 64)
+    # the same-location ablation of the local negatives, trained at the main batch size
+    negatives_ablation: bool = True
     # local/global trade-off slider
     tradeoff_estimator: str = "infonce"
     tradeoff_lambdas: tuple[float, ...] = (0.0, 0.5, 0.9, 1.0)
@@ -174,15 +220,18 @@ class InfomaxConfig:
                 f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
             )
         for name in ("width", "fc_dim", "y_dim", "critic_hidden", "critic_embed", "epochs",
-                     "checkpoint_every_steps", "pca_points"):
+                     "checkpoint_every_steps", "pca_points", "replicates", "few_label_draws"):
             check_int(name, getattr(self, name))
+        check_int("val_subset", self.val_subset, low=2)
         for name in ("train_subset", "test_subset", "probe_train_subset"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), low=2)
         check_int("batch_size", self.batch_size, low=2)
         check_int("mi_eval_size", self.mi_eval_size, low=2)
         check_int("trace_every_steps", self.trace_every_steps, low=0)
+        check_int("epoch_probe_images", self.epoch_probe_images, low=0)
         check_weight("lr", self.lr, low=0.0, low_inclusive=False)
+        Schedule(self.schedule_kind, peak_lr=self.lr)  # refuses an unknown kind
         check_weight("prior_gamma", self.prior_gamma)
         for est in (*self.estimators, *self.negatives_estimators, self.prior_estimator,
                     self.tradeoff_estimator):
@@ -192,6 +241,16 @@ class InfomaxConfig:
                 )
         for b in self.negatives_batch_sizes:
             check_int("negatives batch size", b, low=2)
+            if (self.epochs * b) % self.batch_size:
+                raise InvalidParameterError(
+                    f"negatives batch size {b}: {self.epochs} epochs × {b} / {self.batch_size} "
+                    "is not a whole number of epochs, so it cannot train for the main batch "
+                    "size's number of steps")
+        if self.local_negatives not in LOCAL_NEGATIVES:
+            raise UnknownNameError(f"unknown local negatives {self.local_negatives!r}; choose "
+                                   f"one of {', '.join(LOCAL_NEGATIVES)}")
+        for n in self.few_label_counts:
+            check_int("few-label count", n, low=2)
         for lam in self.tradeoff_lambdas:
             check_weight("tradeoff λ", lam, low=0.0, high=1.0)
         for h in self.prior_hidden:
@@ -199,13 +258,19 @@ class InfomaxConfig:
 
     def training_view(self) -> dict[str, Any]:
         """The settings a trained encoder depends on (its checkpoint fingerprint)."""
-        keys = ("dataset", "train_subset", "test_subset", "width", "fc_dim", "y_dim",
+        keys = ("dataset", "train_subset", "val_subset", "test_subset", "width", "fc_dim", "y_dim",
                 "critic_hidden", "critic_embed", "prior_hidden", "epochs", "lr", "mi_eval_size",
-                "trace_every_steps")
+                "trace_every_steps", "epoch_probe_images")
         view = {k: getattr(self, k) for k in keys}
-        if self.amp is not None:  # absent when off: earlier checkpoints keep their fingerprint
+        view["schedule"] = as_dict(self.schedule)
+        if self.amp is not None:  # absent when off
             view["amp"] = self.amp
         return view
+
+    @property
+    def schedule(self) -> Schedule:
+        """The per-step learning-rate schedule of :attr:`schedule_kind` peaking at :attr:`lr`."""
+        return Schedule(self.schedule_kind, peak_lr=self.lr)
 
 
 _CPU = InfomaxConfig()
@@ -214,6 +279,7 @@ PROFILES: dict[str, InfomaxConfig] = {
     "smoke": dataclasses.replace(
         _CPU,
         train_subset=128,
+        val_subset=64,
         test_subset=128,
         width=8,
         fc_dim=64,
@@ -221,11 +287,14 @@ PROFILES: dict[str, InfomaxConfig] = {
         critic_embed=16,
         prior_hidden=(32,),
         batch_size=32,
-        epochs=1,
+        epochs=2,
         mi_eval_size=32,
         trace_every_steps=2,
+        epoch_probe_images=64,
         probe=ProbeConfig(epochs=3, mlp_epochs=3, batch_size=128),
         mine=MineConfig(hidden=32, embed=16, steps=20, batch_size=32, eval_batches=2),
+        few_label_counts=(30,),
+        few_label_draws=2,
         negatives_batch_sizes=(16, 32),
         tradeoff_lambdas=(0.0, 0.5, 1.0),
         pca_points=100,
@@ -235,18 +304,21 @@ PROFILES: dict[str, InfomaxConfig] = {
         _CPU,
         dataset="cifar10",
         train_subset=None,
+        val_subset=5000,
         test_subset=None,
         width=64,
         critic_hidden=512,
         critic_embed=512,
         epochs=200,
         lr=1e-4,
+        schedule_kind="constant",  # the source's constant Adam rate
         checkpoint_every_steps=200,
         mi_eval_size=512,
         trace_every_steps=2000,
         probe=ProbeConfig(epochs=1000, mlp_epochs=1000, batch_size=512, lr=1e-3, mlp_lr=1e-3),
         mine=MineConfig(hidden=1024, embed=256, steps=5000, batch_size=256, eval_batches=20),
-        negatives_batch_sizes=(4, 8, 16, 32, 64, 128),
+        negatives_batch_sizes=(8, 16, 32, 64, 128),
+        replicates=3,
         tradeoff_lambdas=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
     ),
 }
@@ -259,7 +331,8 @@ PROFILES: dict[str, InfomaxConfig] = {
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One encoder to train: its kind, DIM estimator and weights (α, β, γ) and batch size."""
+    """One encoder to train: its kind, DIM estimator and weights (α, β, γ), batch size, local
+    negatives, training epochs and replicate (training seed) number."""
 
     kind: str
     estimator: str | None = None
@@ -267,6 +340,9 @@ class ModelSpec:
     beta: float = 0.0
     gamma: float = 0.0
     batch_size: int = 64
+    local_negatives: str = "all_locations"
+    epochs: int = 1
+    replicate: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -278,18 +354,26 @@ class ModelSpec:
         for name in ("alpha", "beta", "gamma"):
             check_weight(name, getattr(self, name))
         check_int("batch_size", self.batch_size, low=2)
+        check_int("epochs", self.epochs)
+        check_int("replicate", self.replicate, low=0)
+        if self.local_negatives not in LOCAL_NEGATIVES:
+            raise UnknownNameError(f"unknown local negatives {self.local_negatives!r}; choose "
+                                   f"one of {', '.join(LOCAL_NEGATIVES)}")
 
     @property
     def key(self) -> str:
         """A file-name-safe identity (the same spec in two experiments shares one training)."""
+        rep = f"-r{self.replicate}" if self.replicate else ""
         if self.kind != "dim":
-            return f"{self.kind}-bs{self.batch_size}" if self.kind != "random" else "random"
+            base = f"{self.kind}-bs{self.batch_size}" if self.kind != "random" else "random"
+            return base + rep
 
         def num(v: float) -> str:
             return f"{v:g}".replace(".", "p")
 
+        same = "-sameloc" if self.local_negatives == "same_location" else ""
         return (f"dim-{self.estimator}-a{num(self.alpha)}-b{num(self.beta)}-g{num(self.gamma)}"
-                f"-bs{self.batch_size}")
+                f"-bs{self.batch_size}-e{self.epochs}{same}{rep}")
 
     @property
     def label(self) -> str:
@@ -306,22 +390,62 @@ class ModelSpec:
         else:
             base = f"DIM(α={self.alpha:g}, β={self.beta:g})"
         prior = f"+prior(γ={self.gamma:g})" if self.gamma > 0 else ""
-        return f"{base}{prior} ({est})"
+        same = ", same-location negatives" if self.local_negatives == "same_location" else ""
+        return f"{base}{prior} ({est}{same})"
+
+    @property
+    def negatives_per_positive(self) -> int | None:
+        """Negative pairs per positive pair of the local term (``None`` without one)."""
+        if self.kind != "dim":
+            return None
+        return local_negatives_per_positive(self.batch_size, LOCAL_SIZE**2, self.local_negatives)
+
+
+REPLICATED_ROWS: tuple[str, ...] = (
+    *(f"dim_g_{e}" for e in ESTIMATORS), *(f"dim_l_{e}" for e in ESTIMATORS), "autoencoder",
+    "random")
+"""The main rows of the probes table, trained with ``replicates`` seeds; the others once."""
+
+
+def _spec(cfg: InfomaxConfig, kind: str, estimator: str | None = None, *, alpha: float = 0.0,
+          beta: float = 0.0, gamma: float = 0.0, batch_size: int | None = None,
+          local_negatives: str | None = None, replicate: int = 0) -> ModelSpec:
+    """A model of the run: the main batch size and the config's negatives unless told; a batch
+    of ``b`` trains ``epochs × b / batch_size`` epochs (the main model's number of steps)."""
+    b = cfg.batch_size if batch_size is None else batch_size
+    if kind == "dim":
+        negatives = cfg.local_negatives if local_negatives is None else local_negatives
+    else:
+        negatives = "all_locations"
+    return ModelSpec(kind, estimator, alpha=alpha, beta=beta, gamma=gamma, batch_size=b,
+                     local_negatives=negatives, epochs=cfg.epochs * b // cfg.batch_size,
+                     replicate=replicate)
 
 
 def _main_specs(cfg: InfomaxConfig) -> dict[str, ModelSpec]:
-    b = cfg.batch_size
+    rows: dict[str, Callable[[int], ModelSpec]] = {}
+    for est in cfg.estimators:
+        rows[f"dim_g_{est}"] = lambda r, e=est: _spec(cfg, "dim", e, alpha=1.0, replicate=r)
+    for est in cfg.estimators:
+        rows[f"dim_l_{est}"] = lambda r, e=est: _spec(cfg, "dim", e, beta=1.0, replicate=r)
+    rows["dim_l_prior"] = lambda r: _spec(cfg, "dim", cfg.prior_estimator, beta=1.0,
+                                          gamma=cfg.prior_gamma, replicate=r)
+    rows["random"] = lambda r: _spec(cfg, "random", replicate=r)
+    rows["supervised"] = lambda r: _spec(cfg, "supervised", replicate=r)
+    rows["autoencoder"] = lambda r: _spec(cfg, "autoencoder", replicate=r)
     specs: dict[str, ModelSpec] = {}
-    for est in cfg.estimators:
-        specs[f"dim_g_{est}"] = ModelSpec("dim", est, alpha=1.0, beta=0.0, batch_size=b)
-    for est in cfg.estimators:
-        specs[f"dim_l_{est}"] = ModelSpec("dim", est, alpha=0.0, beta=1.0, batch_size=b)
-    specs["dim_l_prior"] = ModelSpec("dim", cfg.prior_estimator, alpha=0.0, beta=1.0,
-                                     gamma=cfg.prior_gamma, batch_size=b)
-    specs["random"] = ModelSpec("random", batch_size=b)
-    specs["supervised"] = ModelSpec("supervised", batch_size=b)
-    specs["autoencoder"] = ModelSpec("autoencoder", batch_size=b)
+    for name, make in rows.items():
+        specs[name] = make(0)
+        if name in REPLICATED_ROWS:
+            for r in range(1, cfg.replicates):
+                specs[f"{name}_r{r}"] = make(r)
     return specs
+
+
+def row_name(name: str) -> str:
+    """The table row of a model name (``dim_l_jsd_r1`` → ``dim_l_jsd``)."""
+    base, _, rep = name.rpartition("_r")
+    return base if base and rep.isdigit() else name
 
 
 def experiment_specs(cfg: InfomaxConfig, experiment: str) -> dict[str, ModelSpec]:
@@ -329,21 +453,35 @@ def experiment_specs(cfg: InfomaxConfig, experiment: str) -> dict[str, ModelSpec
     if experiment == "probes":
         return _main_specs(cfg)
     if experiment == "negatives":
-        return {f"dim_l_{est}_b{b}": ModelSpec("dim", est, alpha=0.0, beta=1.0, batch_size=b)
-                for est in cfg.negatives_estimators for b in cfg.negatives_batch_sizes}
+        specs = {f"dim_l_{est}_b{b}": _spec(cfg, "dim", est, beta=1.0, batch_size=b)
+                 for est in cfg.negatives_estimators for b in cfg.negatives_batch_sizes}
+        if cfg.negatives_ablation:
+            other = next(n for n in LOCAL_NEGATIVES if n != cfg.local_negatives)
+            for est in cfg.negatives_estimators:
+                if est == "jsd":  # the same number as the source's negatives (module docstring)
+                    continue
+                specs[f"dim_l_{est}_b{cfg.batch_size}_{other}"] = _spec(
+                    cfg, "dim", est, beta=1.0, local_negatives=other)
+        return specs
     if experiment == "tradeoff":
-        return {f"lambda_{lam:g}": ModelSpec("dim", cfg.tradeoff_estimator, alpha=float(lam),
-                                             beta=float(1.0 - lam), batch_size=cfg.batch_size)
+        return {f"lambda_{lam:g}": _spec(cfg, "dim", cfg.tradeoff_estimator, alpha=float(lam),
+                                         beta=float(1.0 - lam))
                 for lam in cfg.tradeoff_lambdas}
     raise UnknownNameError(f"unknown experiment {experiment!r}; choose from {EXPERIMENTS}")
 
 
 # what each experiment needs from each of its models
-_NEEDS: dict[str, tuple[str, ...]] = {
-    "probes": tuple(f"probe/{k}/{lv}" for lv in LEVELS for k in ("linear", "mlp")) + ("mine",),
-    "negatives": ("probe/linear/y", "probe/linear/conv"),
-    "tradeoff": ("probe/linear/y", "probe/mlp/y", "pca"),
-}
+def _needs(cfg: InfomaxConfig, experiment: str) -> tuple[str, ...]:
+    """What an experiment needs from each of its models (evaluation names)."""
+    if experiment == "probes":
+        return (*(f"probe/{k}/{lv}" for lv in LEVELS for k in ("linear", "mlp")),
+                *(f"few_label/{n}/{lv}" for n in cfg.few_label_counts for lv in LEVELS), "mine")
+    if experiment == "negatives":
+        return ("probe/linear/y", "probe/linear/conv",
+                *(f"few_label/{n}/y" for n in cfg.few_label_counts))
+    if experiment == "tradeoff":
+        return ("probe/linear/y", "probe/mlp/y", "pca")
+    raise UnknownNameError(f"unknown experiment {experiment!r}; choose from {EXPERIMENTS}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,6 +498,8 @@ def image_transform(images: Tensor) -> Tensor:
 class _Data:
     train_x: Tensor  # uint8 [N, C, 32, 32]
     train_y: Tensor
+    val_x: Tensor  # labelled validation images from the training split, not trained on
+    val_y: Tensor
     test_x: Tensor
     test_y: Tensor
     channels: int
@@ -384,8 +524,10 @@ def load_data(
 ) -> _Data:
     """The configured dataset as ``uint8 [N, C, 32, 32]`` tensors (zero-padded when smaller).
 
-    The training and test subsets are drawn with a generator seeded by ``seed``, so every model
-    of a run sees the same images. ``verify_checksums=False`` is for tests that read a CIFAR-10
+    The training, validation and test subsets are drawn with a generator seeded by ``seed``, so
+    every model of a run sees the same images; the validation images are the last
+    ``val_subset`` of one draw from the training split, the training images the ones before.
+    ``verify_checksums=False`` is for tests that read a CIFAR-10
     stand-in (see :func:`ibcore.data.load_tensors`).
     """
     info = DATASETS[cfg.dataset]
@@ -395,13 +537,22 @@ def load_data(
     tx, ty = load_tensors(cfg.dataset, "train", **kwargs)
     vx, vy = load_tensors(cfg.dataset, "test", **kwargs)
     gen = torch.Generator().manual_seed(seed * 7919 + 17)
-    tx, ty = subset(tx, ty, cfg.train_subset, gen)
+    if cfg.val_subset >= tx.shape[0]:
+        raise InvalidParameterError(
+            f"val_subset {cfg.val_subset} leaves no training images of {tx.shape[0]}")
+    n_fit = None if cfg.train_subset is None else min(cfg.train_subset,
+                                                      tx.shape[0] - cfg.val_subset)
+    tx, ty = subset(tx, ty, None if n_fit is None else n_fit + cfg.val_subset, gen)
+    tx, ty, ax, ay = tx[: -cfg.val_subset], ty[: -cfg.val_subset], tx[-cfg.val_subset :], ty[
+        -cfg.val_subset :]
     vx, vy = subset(vx, vy, cfg.test_subset, gen)
     if tx.shape[-1] != IMAGE_SIZE:
-        tx, vx = pad_to_size(tx, IMAGE_SIZE), pad_to_size(vx, IMAGE_SIZE)
+        tx, ax, vx = (pad_to_size(tx, IMAGE_SIZE), pad_to_size(ax, IMAGE_SIZE),
+                      pad_to_size(vx, IMAGE_SIZE))
     n_probe = tx.shape[0] if cfg.probe_train_subset is None else min(cfg.probe_train_subset,
                                                                        tx.shape[0])
-    return _Data(tx.contiguous(), ty, vx.contiguous(), vy, info.channels, info.classes, n_probe)
+    return _Data(tx.contiguous(), ty, ax.contiguous(), ay, vx.contiguous(), vy, info.channels,
+                 info.classes, n_probe)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,7 +628,7 @@ def dim_step(
         terms["prior_gen_loss"] = gen_loss.detach()
     mi = dim_mi_terms(out.local, out.y, _critic_under(modules["global_critic"], amp, dev),
                       _critic_under(modules["local_critic"], amp, dev), str(spec.estimator),
-                      alpha=spec.alpha, beta=spec.beta)
+                      alpha=spec.alpha, beta=spec.beta, local_negatives=spec.local_negatives)
     loss = mi["loss"] if gen_loss is None else mi["loss"] + spec.gamma * gen_loss
     optimizers["main"].zero_grad(set_to_none=True)
     loss.backward()
@@ -488,13 +639,29 @@ def dim_step(
 
 
 @torch.no_grad()
+def epoch_probe(encoder: nn.Module, train_x: Tensor, train_y: Tensor, val_x: Tensor,
+                val_y: Tensor, device: torch.device) -> float:
+    """Validation accuracy of a logistic regression on Y (standardised; L-BFGS, C = 1) fitted on
+    the given training images: a cheap, deterministic learning-curve probe for every epoch."""
+    from sklearn.linear_model import LogisticRegression
+
+    kw = {"device": device, "transform": image_transform, "levels": ("y",)}
+    tr, va = standardize(extract_features(encoder, train_x, **kw)["y"],
+                         extract_features(encoder, val_x, **kw)["y"])
+    clf = LogisticRegression(max_iter=300).fit(tr.double().numpy(), train_y.numpy())
+    return float((clf.predict(va.double().numpy()) == val_y.numpy()).mean())
+
+
+@torch.no_grad()
 def held_out_mi(
     modules: dict[str, nn.Module], images: Tensor, estimators: Sequence[str] = ESTIMATORS
 ) -> dict[str, float]:
     """Bounds of the global and local critics' scores on held-out images.
 
-    Global: the chosen bounds of the ``[n, n]`` scores; local: the same bounds averaged over the
-    ``M²`` locations (as in training). InfoNCE and DV are in nats (InfoNCE ≤ log n).
+    Global: the chosen bounds of the ``[n, n]`` scores; local: the bounds with the source's
+    negatives (every other image at every location) for every model, so that the numbers of
+    models trained with other negatives stay comparable. InfoNCE and DV are in nats (global
+    InfoNCE ≤ log n, local InfoNCE ≤ log(1 + (n − 1)M²)).
     """
     out = modules["encoder"](images)
     gs = modules["global_critic"](out.local, out.y).double()
@@ -597,7 +764,8 @@ class _Model:
         self.eval_fingerprint = fingerprint_of({
             "train": self.fingerprint, "probe": as_dict(ctx.config.probe),
             "mine": as_dict(ctx.config.mine), "pca_points": ctx.config.pca_points,
-            "probe_train_subset": ctx.config.probe_train_subset})
+            "probe_train_subset": ctx.config.probe_train_subset,
+            "few_label": [list(ctx.config.few_label_counts), ctx.config.few_label_draws]})
         self.modules: dict[str, nn.Module] | None = None
         self.evals: dict[str, Any] = {}
         if ctx.resume and self.eval_path.exists():
@@ -655,7 +823,7 @@ class _Model:
         steps_per_epoch = data.train_x.shape[0] // spec.batch_size
         trace: MITrace | None = None
         if spec.kind == "dim" and cfg.trace_every_steps > 0:
-            trace = MITrace(cfg.epochs * steps_per_epoch // cfg.trace_every_steps + 1)
+            trace = MITrace(spec.epochs * steps_per_epoch // cfg.trace_every_steps + 1)
             modules["trace"] = trace
         for m in modules.values():
             m.to(dev)
@@ -663,10 +831,23 @@ class _Model:
         # checkpoints; seeding it here makes each model a function of (seed, spec) alone,
         # whatever was trained before it in this process.
         seed_everything(ctx.model_seed(spec))
-        history_start: list[dict[str, Any]] = []
+        encoder = (modules["classifier"].encoder if spec.kind == "supervised"
+                   else modules["encoder"])
+        n_probe = min(cfg.epoch_probe_images, data.probe_n)
+
+        def probe_row() -> dict[str, float]:
+            if n_probe < 2:
+                return {}
+            return {"val_epoch_probe_linear_y": epoch_probe(
+                encoder, data.train_x[:n_probe], data.train_y[:n_probe], data.val_x, data.val_y,
+                dev)}
+
+        for m in modules.values():
+            m.eval()
+        start_row: dict[str, Any] = {"epoch": 0, **probe_row()}
         if spec.kind == "dim":
-            modules["encoder"].eval()
-            history_start = [{"epoch": 0, **held_out_mi(modules, eval_images)}]
+            start_row.update(held_out_mi(modules, eval_images))
+        history_start: list[dict[str, Any]] = [start_row]
         optimizers: dict[str, torch.optim.Optimizer] = {}
         if spec.kind == "dim":
             main_params = [p for k, m in modules.items() if k not in ("prior", "trace")
@@ -707,18 +888,20 @@ class _Model:
             return {k: v.detach() for k, v in terms.items()}
 
         def epoch_end(epoch: int) -> dict[str, float]:
-            if spec.kind == "dim":
-                with isolated_rng(dev):  # the training noise continues as if this had not run
-                    return held_out_mi(modules, eval_images)
-            return {}
+            with isolated_rng(dev):  # the training noise continues as if this had not run
+                row = probe_row()
+                if spec.kind == "dim":
+                    row.update(held_out_mi(modules, eval_images))
+            return row
 
         trainer = Trainer(
             modules,
             optimizers,
             (data.train_x, data.train_y),
             batch_size=spec.batch_size,
-            epochs=cfg.epochs,
+            epochs=spec.epochs,
             seed=ctx.model_seed(spec) % 1_000_000,
+            schedule=cfg.schedule,
             device=dev,
             step_fn=step_fn,
             checkpoint_path=self.ckpt,
@@ -760,6 +943,7 @@ class _Model:
             ctx.features = {}  # keep one model's features in memory at a time
             ctx.features[self.spec.key] = {
                 "train": extract_features(enc, data.probe_x, **kw),
+                "val": extract_features(enc, data.val_x, **kw),
                 "test": extract_features(enc, data.test_x, **kw),
             }
         return ctx.features[self.spec.key]
@@ -788,12 +972,23 @@ class _Model:
         data = ctx.get_data()
         if name.startswith("probe/"):
             _, kind, level = name.split("/")
-            tr, te = standardize(feats["train"][level], feats["test"][level])
+            tr, va, te = standardize(feats["train"][level], feats["val"][level],
+                                     feats["test"][level])
             res = train_probe(kind, tr, data.probe_y, te, data.test_y,
                               classes=data.classes, config=cfg.probe, generator=gen,
-                              device=ctx.device)
-            return {"train_accuracy": res.train_accuracy, "test_accuracy": res.test_accuracy,
-                    "final_train_loss": res.train_loss[-1]}
+                              device=ctx.device, val=(va, data.val_y))
+            return {"train_accuracy": res.train_accuracy, "val_accuracy": res.val_accuracy,
+                    "test_accuracy": res.test_accuracy, "final_train_loss": res.train_loss[-1]}
+        if name.startswith("few_label/"):
+            _, n, level = name.split("/")
+            tr, va, te = standardize(feats["train"][level], feats["val"][level],
+                                     feats["test"][level])
+            few = few_label_probe(tr, data.probe_y, te, data.test_y, labels=int(n),
+                                  classes=data.classes, draws=cfg.few_label_draws, generator=gen,
+                                  val=(va, data.val_y))
+            return {"val_accuracy": few.val_accuracy, "test_accuracy": few.test_accuracy,
+                    "test_accuracy_std": few.test_accuracy_std,
+                    "test_accuracies": few.test_accuracies, "chosen_c": few.chosen_c}
         if name == "mine":
             res_m = mine_estimate(image_transform(data.probe_x), feats["train"]["y"],
                                   image_transform(data.test_x), feats["test"]["y"],
@@ -834,19 +1029,29 @@ class _Model:
         return self.evals
 
 
-def _model_row(name: str, spec: ModelSpec, evals: dict[str, Any], needs: Sequence[str]
-               ) -> dict[str, Any]:
-    row: dict[str, Any] = {"name": name, "label": spec.label, "key": spec.key,
-                           "kind": spec.kind, "estimator": spec.estimator,
+def _model_row(name: str, spec: ModelSpec, evals: dict[str, Any], needs: Sequence[str],
+               n_train: int) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": name, "row": row_name(name), "label": spec.label,
+                           "key": spec.key, "kind": spec.kind, "estimator": spec.estimator,
                            "alpha": spec.alpha, "beta": spec.beta, "gamma": spec.gamma,
-                           "batch_size": spec.batch_size,
-                           "negatives_per_positive": spec.batch_size - 1,
+                           "batch_size": spec.batch_size, "epochs": spec.epochs,
+                           "steps": spec.epochs * (n_train // spec.batch_size),
+                           "replicate": spec.replicate,
+                           "local_negatives": spec.local_negatives if spec.kind == "dim" else None,
+                           "local_negatives_per_positive": spec.negatives_per_positive,
                            "train_seconds": evals.get("train_seconds", 0.0)}
     for need in needs:
         if need.startswith("probe/"):
             _, kind, level = need.split("/")
             row[f"test_accuracy_{kind}_{level}"] = evals[need]["test_accuracy"]
+            row[f"val_accuracy_{kind}_{level}"] = evals[need]["val_accuracy"]
             row[f"train_accuracy_{kind}_{level}"] = evals[need]["train_accuracy"]
+        elif need.startswith("few_label/"):
+            _, n, level = need.split("/")
+            row[f"test_accuracy_few_label_{n}_linear_{level}"] = evals[need]["test_accuracy"]
+            row[f"val_accuracy_few_label_{n}_linear_{level}"] = evals[need]["val_accuracy"]
+            row[f"test_accuracy_few_label_{n}_linear_{level}_std_over_draws"] = evals[need][
+                "test_accuracy_std"]
         elif need == "mine":
             row["test_mine_I_xy_nats"] = evals["mine"]["test_I_xy_nats"]
             row["test_mine_I_xy_std_nats"] = evals["mine"]["test_I_xy_std_nats"]
@@ -868,7 +1073,7 @@ def _evaluate_all(ctx: _Context, experiment: str, rec: RunRecorder
     earlier = 0.0
     for name, spec in experiment_specs(ctx.config, experiment).items():
         model = ctx.model(spec)
-        evals = model.evaluate(_NEEDS[experiment])
+        evals = model.evaluate(_needs(ctx.config, experiment))
         earlier += model.take_earlier_seconds()
         out[name] = (spec, evals)
     if earlier > 1.0:
@@ -876,56 +1081,145 @@ def _evaluate_all(ctx: _Context, experiment: str, rec: RunRecorder
     return out
 
 
-def _bars(rows: dict[str, dict[str, Any]], estimators: Sequence[str]) -> dict[str, Any]:
-    """The issue's bars, computed from the recorded linear-probe accuracies on Y (points = %)."""
-    key = "test_accuracy_linear_y"
-    dim_l = {e: rows[f"dim_l_{e}"][key] for e in estimators if f"dim_l_{e}" in rows}
-    dim_g = {e: rows[f"dim_g_{e}"][key] for e in estimators if f"dim_g_{e}" in rows}
-    if not dim_l or not dim_g or "random" not in rows:
-        return {}
-    best = max(dim_l, key=lambda e: dim_l[e])
-    best_g = max(dim_g, key=lambda e: dim_g[e])
-    margin_random = 100 * (dim_l[best] - rows["random"][key])
-    margin_g = 100 * (dim_l[best] - dim_g[best_g])
-    margin_same = 100 * (dim_l[best] - dim_g[best]) if best in dim_g else None
-    source_order = [e for e in ("infonce", "jsd", "dv") if e in dim_l]
-    order = sorted(dim_l, key=lambda e: -dim_l[e])
-    return {
-        "best_dim_l_estimator": best,
-        "best_dim_l_test_accuracy_linear_y": dim_l[best],
-        "best_dim_g_estimator": best_g,
-        "margin_over_random_points": margin_random,
-        "margin_over_best_dim_g_points": margin_g,
-        "margin_over_same_estimator_dim_g_points": margin_same,
-        "bar_over_random_met": margin_random >= 5.0,
-        "bar_over_dim_g_met": margin_g >= 5.0,
-        "bar_over_same_estimator_dim_g_met": margin_same is not None and margin_same >= 5.0,
-        "dim_l_estimator_order_linear_y": order,
-        "source_order_table1": source_order,
-        "order_matches_source": order == source_order,
-    }
+def _numeric_keys(row: dict[str, Any]) -> list[str]:
+    return [k for k, v in row.items() if k.startswith(("test_", "val_", "train_"))
+            and isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None]
+
+
+def aggregate_rows(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per table row: every numeric metric's mean, sample std and values over the replicates
+    (``{"row": {"label", "seeds", "metrics": {key: {"mean", "std", "n", "values"}}}}``)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in models.values():
+        groups.setdefault(row["row"], []).append(row)
+    out: dict[str, dict[str, Any]] = {}
+    for name, rows in groups.items():
+        rows = sorted(rows, key=lambda r: r["replicate"])
+        stats = {}
+        for key in _numeric_keys(rows[0]):
+            values = [float(r[key]) for r in rows]
+            mean = sum(values) / len(values)
+            std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                   if len(values) > 1 else None)
+            stats[key] = {"mean": mean, "std": std, "n": len(values), "values": values}
+        out[name] = {"label": rows[0]["label"], "seeds": [r["replicate"] for r in rows],
+                     "metrics": stats}
+    return out
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Mean of the replicate-paired differences ``a_r − b_r`` with a two-sided 95 % Student-t
+    interval (``n − 1`` degrees of freedom; none for a single pair) and the verdict it gives on
+    "a > b": ``supported`` (interval above 0), ``contradicted`` (below 0) or ``undecided``."""
+    from scipy.stats import t as student_t
+
+    if len(a) != len(b) or not a:
+        raise InvalidParameterError("paired differences need the same, non-zero number of "
+                                    f"replicates, got {len(a)} and {len(b)}")
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    if n < 2:
+        return {"mean": mean, "n": n, "differences": d, "interval_95": None,
+                "verdict": "undecided"}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1))
+    half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    lo, hi = mean - half, mean + half
+    verdict = "supported" if lo > 0 else "contradicted" if hi < 0 else "undecided"
+    return {"mean": mean, "n": n, "differences": d, "std": sd, "interval_95": [lo, hi],
+            "verdict": verdict}
+
+
+BAR_OVER_AUTOENCODER_POINTS = 2.0
+BAR_OVER_DIM_G_POINTS = 3.0
+
+
+def _bars(models: dict[str, dict[str, Any]], estimators: Sequence[str],
+          few_label_counts: Sequence[int]) -> dict[str, Any]:
+    """Best DIM(L) against the autoencoder and the best DIM(G) on the linear probe on Y, per
+    label setting. "Best" is chosen on the validation split (mean over replicates); margins are
+    in points (%) of mean test accuracy, with replicate-paired differences and 95 % intervals."""
+    table = aggregate_rows(models)
+    settings = {"full_label": "accuracy_linear_y",
+                **{f"few_label_{n}": f"accuracy_few_label_{n}_linear_y" for n in few_label_counts}}
+    out: dict[str, Any] = {"bar_over_autoencoder_points": BAR_OVER_AUTOENCODER_POINTS,
+                           "bar_over_best_dim_g_points": BAR_OVER_DIM_G_POINTS,
+                           "choice": "estimator with the highest mean validation accuracy"}
+    any_met = False
+    for setting, metric in settings.items():
+        def mean(row: str, split: str, metric: str = metric) -> float | None:
+            stats = table.get(row, {}).get("metrics", {}).get(f"{split}_{metric}")
+            return None if stats is None else stats["mean"]
+
+        def values(row: str, metric: str = metric) -> list[float]:
+            return table[row]["metrics"][f"test_{metric}"]["values"]
+
+        dim_l = [e for e in estimators if mean(f"dim_l_{e}", "val") is not None]
+        dim_g = [e for e in estimators if mean(f"dim_g_{e}", "val") is not None]
+        if not dim_l or not dim_g or mean("autoencoder", "test") is None:
+            continue
+        best_l = max(dim_l, key=lambda e: mean(f"dim_l_{e}", "val"))
+        best_g = max(dim_g, key=lambda e: mean(f"dim_g_{e}", "val"))
+        l_row, g_row = f"dim_l_{best_l}", f"dim_g_{best_g}"
+        m_ae = 100 * (mean(l_row, "test") - mean("autoencoder", "test"))
+        m_g = 100 * (mean(l_row, "test") - mean(g_row, "test"))
+        n = min(len(values(l_row)), len(values("autoencoder")), len(values(g_row)))
+        met = m_ae >= BAR_OVER_AUTOENCODER_POINTS and m_g >= BAR_OVER_DIM_G_POINTS
+        any_met = any_met or met
+        order = sorted(dim_l, key=lambda e: -mean(f"dim_l_{e}", "test"))
+        out[setting] = {
+            "metric": f"test_{metric}",
+            "best_dim_l_estimator": best_l,
+            "best_dim_g_estimator": best_g,
+            "best_dim_l_test_mean": mean(l_row, "test"),
+            "best_dim_g_test_mean": mean(g_row, "test"),
+            "autoencoder_test_mean": mean("autoencoder", "test"),
+            "random_test_mean": mean("random", "test"),
+            "margin_over_autoencoder_points": m_ae,
+            "margin_over_best_dim_g_points": m_g,
+            "paired_dim_l_minus_autoencoder_points": paired_difference(
+                [100 * v for v in values(l_row)[:n]], [100 * v for v in values("autoencoder")[:n]]),
+            "paired_dim_l_minus_dim_g_points": paired_difference(
+                [100 * v for v in values(l_row)[:n]], [100 * v for v in values(g_row)[:n]]),
+            "bar_over_autoencoder_met": m_ae >= BAR_OVER_AUTOENCODER_POINTS,
+            "bar_over_dim_g_met": m_g >= BAR_OVER_DIM_G_POINTS,
+            "bars_met": met,
+            "dim_l_estimator_order_test": order,
+        }
+    out["bars_met_in_some_setting"] = any_met
+    out["source_order_table1"] = [e for e in ("infonce", "jsd", "dv") if e in estimators]
+    return out
 
 
 def _run_probes(ctx: _Context) -> Path:
     with ctx.recorder("probes") as rec:
         models = _evaluate_all(ctx, "probes", rec)
-        rows = {name: _model_row(name, spec, ev, _NEEDS["probes"])
+        data = ctx.get_data()
+        n_fit = int(data.train_x.shape[0])
+        rows = {name: _model_row(name, spec, ev, _needs(ctx.config, "probes"), n_fit)
                 for name, (spec, ev) in models.items()}
         for name, (spec, ev) in models.items():
             for h in ev.get("history", []):
                 rec.history.append({"model": name, "label": spec.label, **h})
         traces = {name: ev["trace"] for name, (_, ev) in models.items() if "trace" in ev}
-        data = ctx.get_data()
+        negatives = [r["local_negatives_per_positive"] for r in rows.values()
+                     if r["local_negatives_per_positive"] is not None]
         rec.metrics.update({
             "dataset": ctx.config.dataset,
-            "n_train": int(data.train_x.shape[0]),
+            "n_train": n_fit,
             "n_probe_train": int(data.probe_n),
+            "n_val": int(data.val_x.shape[0]),
             "n_test": int(data.test_x.shape[0]),
+            "seeds": sorted({r["replicate"] for r in rows.values()}),
+            "local_negatives": ctx.config.local_negatives,
+            "min_local_negatives_per_positive": min(negatives) if negatives else None,
+            "batch_size": ctx.config.batch_size,
             "mi_eval_size": ctx.config.mi_eval_size,
             "log_mi_eval_size_nats": math.log(ctx.config.mi_eval_size),
             "models": rows,
+            "table": aggregate_rows(rows),
             "traces": traces,
-            "bars": _bars(rows, ctx.config.estimators),
+            "bars": _bars(rows, ctx.config.estimators, ctx.config.few_label_counts),
         })
     assert rec.path is not None
     return rec.path
@@ -934,7 +1228,8 @@ def _run_probes(ctx: _Context) -> Path:
 def _run_negatives(ctx: _Context) -> Path:
     with ctx.recorder("negatives") as rec:
         models = _evaluate_all(ctx, "negatives", rec)
-        runs = [_model_row(name, spec, ev, _NEEDS["negatives"])
+        n_fit = int(ctx.get_data().train_x.shape[0])
+        runs = [_model_row(name, spec, ev, _needs(ctx.config, "negatives"), n_fit)
                 for name, (spec, ev) in models.items()]
         for name, (spec, ev) in models.items():
             for h in ev.get("history", []):
@@ -956,7 +1251,8 @@ def _run_tradeoff(ctx: _Context) -> Path:
         settings = []
         for (name, (spec, ev)), lam in zip(models.items(), ctx.config.tradeoff_lambdas,
                                            strict=True):
-            row = _model_row(name, spec, ev, _NEEDS["tradeoff"])
+            row = _model_row(name, spec, ev, _needs(ctx.config, "tradeoff"),
+                             int(ctx.get_data().train_x.shape[0]))
             coords = np.asarray(ev["pca"]["coords"], dtype=np.float32)
             labels = np.asarray(ev["pca"]["labels"], dtype=np.int16)
             buf = io.BytesIO()
@@ -993,7 +1289,7 @@ def plan(ctx: _Context, experiments: Sequence[str]) -> list[Task]:
 
 
 def run_task(ctx: _Context, task: Task) -> None:
-    needs = list(dict.fromkeys(n for e in task.experiments for n in _NEEDS[e]))
+    needs = list(dict.fromkeys(n for e in task.experiments for n in _needs(ctx.config, e)))
     with cudnn_benchmark(ctx.config.cudnn_benchmark):
         ctx.model(task.spec).evaluate(needs)
 
