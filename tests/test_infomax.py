@@ -35,6 +35,7 @@ from ibcore.objectives.infomax import (
     global_mi,
     local_mi,
     local_negatives_per_positive,
+    occlude_squares,
     prior_discriminator_loss,
     prior_generator_loss,
     sample_uniform_prior,
@@ -172,6 +173,26 @@ def test_local_negatives_differ_where_they_should() -> None:
     assert local_negatives_per_positive(64, 64, "same_location") == 63
     with pytest.raises(UnknownNameError):
         local_mi(s, "jsd", "everywhere")
+
+
+def test_occlude_squares_blanks_one_square_per_image() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.ones(50, 2, 8, 8)
+    out = occlude_squares(x, 3, generator=gen)
+    assert torch.equal(x, torch.ones(50, 2, 8, 8))  # a copy
+    blank = out == 0
+    assert (blank.sum(dim=(1, 2, 3)) == 2 * 9).all()  # one 3×3 square in every channel
+    assert torch.equal(blank[:, 0], blank[:, 1])
+    for i in range(50):  # a square: its rows and columns span 3 each
+        r, c = torch.nonzero(blank[i, 0], as_tuple=True)
+        assert int(r.max() - r.min()) == 2 and int(c.max() - c.min()) == 2
+    corners = {(int(torch.nonzero(blank[i, 0])[0, 0]), int(torch.nonzero(blank[i, 0])[0, 1]))
+               for i in range(50)}
+    assert len(corners) > 10  # positions vary
+    with pytest.raises(InvalidParameterError):
+        occlude_squares(x, 9)
+    with pytest.raises(ShapeError):
+        occlude_squares(x[0], 3)
 
 
 def test_prior_losses_closed_form() -> None:
@@ -489,6 +510,18 @@ def test_configs_and_specs() -> None:
     steps = {s.epochs * (cpu.train_subset // s.batch_size) for s in neg.values()}
     assert len(steps) == 1
     assert {runner.row_name(n) for n in main} == {n for n in main if not n[-1].isdigit()}
+    occ = runner.experiment_specs(cpu, "occlusion")
+    assert [s.replicate for s in occ.values()] == list(range(cpu.replicates))
+    assert all(s.occlude == cpu.occlusion_fraction and s.beta == 1.0 for s in occ.values())
+    with pytest.raises(InvalidParameterError, match="occlusion"):
+        runner.ModelSpec("autoencoder", occlude=0.5)
+    # a model without occlusion keeps the fingerprint it had before the field existed
+    ctx = runner._Context("cpu", cpu, torch.device("cpu"), 0, False, Path("unused"), False)
+    spec = main["dim_l_infonce"]
+    legacy = {k: v for k, v in runner.as_dict(spec).items() if k != "occlude"}
+    assert ctx.train_fingerprint(spec) == runner.fingerprint_of(
+        {"chapter": runner.CHAPTER, "seed": 0, "spec": legacy,
+         "train": cpu.training_view()})
 
 
 def test_pca_matches_sklearn_up_to_sign() -> None:
@@ -516,8 +549,9 @@ def test_paper_profile_on_cifar10_standin(tmp_path: Path) -> None:
                          verify_checksums=False)
     assert data.test_x.shape == (6, 3, 32, 32) and data.channels == 3
     x = runner.image_transform(data.train_x[:4])
-    for est, gamma in (("dv", 0.0), ("jsd", 0.0), ("infonce", cfg.prior_gamma)):
-        spec = runner.ModelSpec("dim", est, alpha=0.5, beta=1.0, gamma=gamma, batch_size=4)
+    for est, gamma, occ in (("dv", 0.0, 0.0), ("jsd", 0.0, 0.5), ("infonce", cfg.prior_gamma, 0.0)):
+        spec = runner.ModelSpec("dim", est, alpha=0.5, beta=1.0, gamma=gamma, batch_size=4,
+                                occlude=occ)
         mods = runner.build_dim_modules(cfg, 3, spec, torch.Generator().manual_seed(0))
         assert mods["encoder"].local_channels == 128 and mods["encoder"].conv_dim == 4096
         before = mods["encoder"].head.weight.detach().clone()
@@ -574,6 +608,9 @@ def test_smoke_run_writes_results_and_resumes(tmp_path: Path, fashion_data: None
     steps = cfg.epochs * (cfg.train_subset // cfg.batch_size)
     assert [t["step"] for t in trace] == list(range(0, steps + 1, cfg.trace_every_steps))
     assert trace[-1]["test_local_infonce"] == pytest.approx(hist[-1]["test_local_infonce"])
+    occ = json.loads(out["occlusion"].read_text())["metrics"]["runs"]
+    assert [r["replicate"] for r in occ] == list(range(cfg.replicates))
+    assert all("occlude" in r["label"] and 0 <= r["test_accuracy_mlp_y"] <= 1 for r in occ)
     neg = json.loads(out["negatives"].read_text())["metrics"]["runs"]
     assert {r["batch_size"] for r in neg} == set(runner.PROFILES["smoke"].negatives_batch_sizes)
     assert len({r["steps"] for r in neg}) == 1  # every batch size: the same number of steps

@@ -71,6 +71,7 @@ __all__ = [
     "global_mi",
     "local_mi",
     "local_negatives_per_positive",
+    "occlude_squares",
     "prior_discriminator_loss",
     "prior_generator_loss",
     "sample_uniform_prior",
@@ -267,6 +268,29 @@ def dim_mi_terms(
         "global_mi": ig.detach(),
         "local_mi": il.detach(),
     }
+
+
+def occlude_squares(images: Tensor, side: int, *, fill: float = 0.0,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """A copy of ``[B, C, H, W]`` images with one ``side × side`` square per image set to
+    ``fill``, at a uniformly random position (the source's Table 5 "occlude": the global vector
+    is computed from the occluded image, the local features from the full one).
+
+    Positions come from ``generator`` or, with ``None``, from torch's global RNG (which the
+    :class:`ibcore.training.Trainer` checkpoints).
+    """
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ShapeError(f"images must be [B, C, H, W], got "
+                         f"{tuple(images.shape) if isinstance(images, Tensor) else images!r}")
+    b, _, h, w = images.shape
+    side = check_int("side", side, low=1, high=min(h, w))
+    top = torch.randint(0, h - side + 1, (b,), generator=generator).to(images.device)
+    left = torch.randint(0, w - side + 1, (b,), generator=generator).to(images.device)
+    rows = torch.arange(h, device=images.device)[None, :, None]
+    cols = torch.arange(w, device=images.device)[None, None, :]
+    inside = ((rows >= top[:, None, None]) & (rows < (top + side)[:, None, None])
+              & (cols >= left[:, None, None]) & (cols < (left + side)[:, None, None]))
+    return images.masked_fill(inside[:, None], fill)
 
 
 def sample_uniform_prior(

@@ -33,6 +33,10 @@ Experiments (one result file each):
     for the same number of steps (a batch of B gives each positive pair (B − 1)·M² negatives),
     and the same-location ablation of the local negatives (B − 1 per positive); linear probes
     on Y and conv, few-label probes on Y.
+``occlusion``
+    The source's Table 5 "occlude": DIM(L) with InfoNCE whose global vector is computed from an
+    image with one random square blanked (local features from the full image), one model per
+    replicate; probes as in ``probes``, paired in the chapter with the plain DIM(L) rows.
 ``tradeoff``
     The chapter's slider: the local/global weight λ (α = λ, β = 1 − λ; λ = 0 is DIM(L),
     λ = 1 is DIM(G)); probes on Y and a 2-D PCA of Y on held-out images, stored beside the
@@ -88,6 +92,7 @@ from ibcore.objectives.infomax import (
     global_mi,
     local_mi,
     local_negatives_per_positive,
+    occlude_squares,
     prior_discriminator_loss,
     prior_generator_loss,
     sample_uniform_prior,
@@ -111,7 +116,7 @@ from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
 
 CHAPTER = "infomax"
-EXPERIMENTS = ("probes", "negatives", "tradeoff")
+EXPERIMENTS = ("probes", "negatives", "tradeoff", "occlusion")
 LEVELS = ("conv", "fc", "y")
 KINDS = ("dim", "random", "supervised", "autoencoder")
 
@@ -205,6 +210,11 @@ class InfomaxConfig:
     # local/global trade-off slider
     tradeoff_estimator: str = "infonce"
     tradeoff_lambdas: tuple[float, ...] = (0.0, 0.5, 0.9, 1.0)
+    # the source's Table 5 "occlude" (InfoNCE DIM; the global vector from an image with one
+    # square of this fraction of its side blanked, the local features from the full image),
+    # trained for every replicate of the main rows and paired with DIM(L) of the same replicate
+    occlusion_estimator: str = "infonce"
+    occlusion_fraction: float = 0.5
     pca_points: int = 500
     # GPU speed switches (off in every profile; see ibcore.device): bf16 autocast of the
     # encoder's and the critics' forward passes in training (the MI bounds, the losses and
@@ -233,8 +243,10 @@ class InfomaxConfig:
         check_weight("lr", self.lr, low=0.0, low_inclusive=False)
         Schedule(self.schedule_kind, peak_lr=self.lr)  # refuses an unknown kind
         check_weight("prior_gamma", self.prior_gamma)
+        check_weight("occlusion_fraction", self.occlusion_fraction, low=0.0, high=1.0,
+                     low_inclusive=False)
         for est in (*self.estimators, *self.negatives_estimators, self.prior_estimator,
-                    self.tradeoff_estimator):
+                    self.tradeoff_estimator, self.occlusion_estimator):
             if est not in ESTIMATORS:
                 raise UnknownNameError(
                     f"unknown MI estimator {est!r}; choose one of {', '.join(ESTIMATORS)}"
@@ -343,6 +355,7 @@ class ModelSpec:
     local_negatives: str = "all_locations"
     epochs: int = 1
     replicate: int = 0
+    occlude: float = 0.0  # side of the occluded square as a fraction of the image side
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -356,6 +369,9 @@ class ModelSpec:
         check_int("batch_size", self.batch_size, low=2)
         check_int("epochs", self.epochs)
         check_int("replicate", self.replicate, low=0)
+        check_weight("occlude", self.occlude, low=0.0, high=1.0)
+        if self.occlude > 0 and self.kind != "dim":
+            raise InvalidParameterError("only a DIM model can be trained with occlusion")
         if self.local_negatives not in LOCAL_NEGATIVES:
             raise UnknownNameError(f"unknown local negatives {self.local_negatives!r}; choose "
                                    f"one of {', '.join(LOCAL_NEGATIVES)}")
@@ -372,8 +388,9 @@ class ModelSpec:
             return f"{v:g}".replace(".", "p")
 
         same = "-sameloc" if self.local_negatives == "same_location" else ""
+        occ = f"-occ{num(self.occlude)}" if self.occlude > 0 else ""
         return (f"dim-{self.estimator}-a{num(self.alpha)}-b{num(self.beta)}-g{num(self.gamma)}"
-                f"-bs{self.batch_size}-e{self.epochs}{same}{rep}")
+                f"-bs{self.batch_size}-e{self.epochs}{same}{occ}{rep}")
 
     @property
     def label(self) -> str:
@@ -391,7 +408,8 @@ class ModelSpec:
             base = f"DIM(α={self.alpha:g}, β={self.beta:g})"
         prior = f"+prior(γ={self.gamma:g})" if self.gamma > 0 else ""
         same = ", same-location negatives" if self.local_negatives == "same_location" else ""
-        return f"{base}{prior} ({est}{same})"
+        occ = ", occlude" if self.occlude > 0 else ""
+        return f"{base}{prior} ({est}{same}{occ})"
 
     @property
     def negatives_per_positive(self) -> int | None:
@@ -409,7 +427,8 @@ REPLICATED_ROWS: tuple[str, ...] = (
 
 def _spec(cfg: InfomaxConfig, kind: str, estimator: str | None = None, *, alpha: float = 0.0,
           beta: float = 0.0, gamma: float = 0.0, batch_size: int | None = None,
-          local_negatives: str | None = None, replicate: int = 0) -> ModelSpec:
+          local_negatives: str | None = None, replicate: int = 0,
+          occlude: float = 0.0) -> ModelSpec:
     """A model of the run: the main batch size and the config's negatives unless told; a batch
     of ``b`` trains ``epochs × b / batch_size`` epochs (the main model's number of steps)."""
     b = cfg.batch_size if batch_size is None else batch_size
@@ -419,7 +438,7 @@ def _spec(cfg: InfomaxConfig, kind: str, estimator: str | None = None, *, alpha:
         negatives = "all_locations"
     return ModelSpec(kind, estimator, alpha=alpha, beta=beta, gamma=gamma, batch_size=b,
                      local_negatives=negatives, epochs=cfg.epochs * b // cfg.batch_size,
-                     replicate=replicate)
+                     replicate=replicate, occlude=occlude)
 
 
 def _main_specs(cfg: InfomaxConfig) -> dict[str, ModelSpec]:
@@ -463,6 +482,11 @@ def experiment_specs(cfg: InfomaxConfig, experiment: str) -> dict[str, ModelSpec
                 specs[f"dim_l_{est}_b{cfg.batch_size}_{other}"] = _spec(
                     cfg, "dim", est, beta=1.0, local_negatives=other)
         return specs
+    if experiment == "occlusion":
+        est = cfg.occlusion_estimator
+        return {f"dim_l_{est}_occlude" + (f"_r{r}" if r else ""): _spec(
+            cfg, "dim", est, beta=1.0, occlude=cfg.occlusion_fraction, replicate=r)
+            for r in range(cfg.replicates)}
     if experiment == "tradeoff":
         return {f"lambda_{lam:g}": _spec(cfg, "dim", cfg.tradeoff_estimator, alpha=float(lam),
                                          beta=float(1.0 - lam))
@@ -481,6 +505,8 @@ def _needs(cfg: InfomaxConfig, experiment: str) -> tuple[str, ...]:
                 *(f"few_label/{n}/y" for n in cfg.few_label_counts))
     if experiment == "tradeoff":
         return ("probe/linear/y", "probe/mlp/y", "pca")
+    if experiment == "occlusion":
+        return tuple(f"probe/{k}/{lv}" for lv in LEVELS for k in ("linear", "mlp"))
     raise UnknownNameError(f"unknown experiment {experiment!r}; choose from {EXPERIMENTS}")
 
 
@@ -605,13 +631,20 @@ def dim_step(
     With γ > 0 the prior discriminator first takes a step on ``−E_V log D − E_P log(1 − D)``
     (codes detached), then the encoder and the MI critics take one step on
     ``−(Î_G + Î_L)`` (encoder gradient ``−(α∇Î_G + β∇Î_L)``) ``+ γ · (−E_P log D(E(x)))``.
-    Prior samples come from torch's global RNG (checkpointed by the trainer). ``amp="bf16"``
+    With ``spec.occlude > 0`` the global vector comes from a copy of the batch with one random
+    square blanked per image (:func:`ibcore.objectives.infomax.occlude_squares`), the local map
+    from the full images. Prior samples and occlusion positions come from torch's global RNG
+    (checkpointed by the trainer). ``amp="bf16"``
     runs the encoder and the critics under :func:`ibcore.device.autocast` (on a GPU); their
     outputs are cast back to float32 before the bounds and losses.
     """
     dev = images.device
     with autocast(dev, amp):
         out = modules["encoder"](images)
+        if spec.occlude > 0:  # the global vector from an occluded copy, the local map from x
+            side = max(1, round(spec.occlude * images.shape[-1]))
+            out = dataclasses.replace(out, y=modules["encoder"](occlude_squares(images,
+                                                                                 side)).y)
     if amp is not None:
         out = dataclasses.replace(out, local=out.local.float(), y=out.y.float())
     terms: dict[str, Tensor] = {}
@@ -727,7 +760,8 @@ class _Context(RunContext):
         return self.data
 
     def train_fingerprint(self, spec: ModelSpec) -> str:
-        return fingerprint_of({"chapter": CHAPTER, "seed": self.seed, "spec": as_dict(spec),
+        spec_view = {k: v for k, v in as_dict(spec).items() if not (k == "occlude" and v == 0)}
+        return fingerprint_of({"chapter": CHAPTER, "seed": self.seed, "spec": spec_view,
                                "train": self.config.training_view()})
 
     def model_seed(self, spec: ModelSpec) -> int:
@@ -1266,10 +1300,29 @@ def _run_tradeoff(ctx: _Context) -> Path:
     return rec.path
 
 
+def _run_occlusion(ctx: _Context) -> Path:
+    with ctx.recorder("occlusion") as rec:
+        models = _evaluate_all(ctx, "occlusion", rec)
+        n_fit = int(ctx.get_data().train_x.shape[0])
+        runs = [_model_row(name, spec, ev, _needs(ctx.config, "occlusion"), n_fit)
+                for name, (spec, ev) in models.items()]
+        for name, (spec, ev) in models.items():
+            for h in ev.get("history", []):
+                rec.history.append({"model": name, "label": spec.label, **h})
+        rec.metrics.update({
+            "dataset": ctx.config.dataset, "runs": runs,
+            "occlusion_fraction": ctx.config.occlusion_fraction,
+            "paired_with": "the probes experiment's DIM(L) rows of the same estimator and "
+                           "replicate (same data, same seed of the run)"})
+    assert rec.path is not None
+    return rec.path
+
+
 _EXPERIMENT_FNS: dict[str, Callable[[_Context], Path]] = {
     "probes": _run_probes,
     "negatives": _run_negatives,
     "tradeoff": _run_tradeoff,
+    "occlusion": _run_occlusion,
 }
 
 
