@@ -203,7 +203,8 @@ class InfomaxConfig:
     negatives_estimators: tuple[str, ...] = ("jsd", "infonce")
     # each batch size trains for the same number of steps as the main batch size (so a batch
     # of 16 sees a quarter of the images of a batch of 64); ``epochs × b / batch_size`` must be
-    # a whole number
+    # a whole number, and the steps are exactly equal when the training set is a multiple of
+    # every batch size (else they differ by the dropped last batches of the epochs)
     negatives_batch_sizes: tuple[int, ...] = (16, 64)
     # the same-location ablation of the local negatives, trained at the main batch size
     negatives_ablation: bool = True
