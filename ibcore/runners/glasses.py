@@ -962,9 +962,12 @@ def _explain_comparison(c: Mapping[str, Any], models: Mapping[str, Any],
         out.append(f"{hi} − {lo}: one replicate only, so the difference "
                    f"({_fmt(c['mean'])}) has no interval")
     elif c["verdict"] == "undecided":
+        diffs = c["differences"]
+        split = any(d > 0 for d in diffs) and any(d < 0 for d in diffs)
         out.append(f"{hi} − {lo} = {_fmt(c['mean'])} with 95 % interval "
-                   f"{_interval_text(c['interval_95'])}, which contains 0: the replicates "
-                   f"disagree (differences {', '.join(_fmt(d) for d in c['differences'])})")
+                   f"{_interval_text(c['interval_95'])}, which contains 0 (replicate "
+                   f"differences {', '.join(_fmt(d) for d in diffs)}"
+                   + ("; they differ in sign)" if split else ")"))
     reps = {m["replicate"]: m for m in models.values() if m.get("row") == hi}
     others = {m["replicate"]: m for m in models.values() if m.get("row") == lo}
     overlap = []
@@ -1062,7 +1065,8 @@ def reproduction_checks(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     stated before any number), ``basis`` (where that comes from), ``term``, ``key``, ``holds``
     (True/False/None), ``verdict``, ``comparisons`` (replicate-paired differences with their
     95 % intervals), ``values`` (row means) and ``explanations`` (sentences computed from
-    the recorded numbers, for checks that did not hold). Directions follow each Lagrangian: a
+    the recorded numbers, for checks that did not hold). A comparison is listed only where
+    every model it names was trained on the dataset. Directions follow each Lagrangian: a
     term with a positive coefficient should come out lower than in a model without it (the
     VAE is the reference), one with a negative coefficient higher.
     """
@@ -1113,6 +1117,8 @@ def reproduction_checks(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
     checks: list[dict[str, Any]] = []
     for text, term, key, basis, pairs in specs:
+        if not pairs or any(r not in table for pair in pairs for r in pair):
+            continue  # a model of the comparison is not trained on this dataset
         comparisons = [_compare(table, hi, lo, key) for hi, lo in pairs]
         holds, verdict = _judge(comparisons)
         rows = list(dict.fromkeys(r for pair in pairs for r in pair))
