@@ -348,12 +348,15 @@ def _glasses(steps: int, batch: int | None, cl: bool, gen: torch.Generator) -> C
     model = r.build_model(r.ZooEntry("beta_vae", 1.0), cfg, (1, 28, 28), gen)
     modules = _finish(model.modules(), cl)
     optimizers = r.build_optimizers(model, cfg)
-    test = types.SimpleNamespace(test=x[: cfg.n_trajectory])
+    mean, comps = r._pca(x[: cfg.pca_fit], cfg.pca_dim)
+    held = x[: cfg.n_trajectory]
+    data = r._Data(train=x, val=held, test=held, other_val=held, other_test=held,
+                   pca_mean=mean, pca_components=comps)
 
     def epoch_eval() -> object:
         for m in modules.values():
             m.eval()
-        out = r._trajectory_point(model, test, cfg, CPU, 1)  # type: ignore[arg-type]
+        out = r._trajectory_point(model, data, cfg, CPU, 1)
         for m in modules.values():
             m.train()
         return out

@@ -21,7 +21,12 @@ from ibcore.errors import (
     ShapeError,
     UnknownNameError,
 )
-from ibcore.estimators.divergences import density_ratio_kl, mmd2_unbiased
+from ibcore.estimators.divergences import (
+    classifier_kl,
+    density_ratio_kl,
+    frechet_distance,
+    mmd2_unbiased,
+)
 from ibcore.estimators.rate import FactorizedDensity
 from ibcore.metrics import auroc, roc_curve, roc_curve_on_grid
 from ibcore.models.autoencoders import (
@@ -34,6 +39,7 @@ from ibcore.models.autoencoders import (
     quantize,
 )
 from ibcore.objectives import bibae
+from ibcore.replicates import aggregate_rows, mean_interval
 from ibcore.runners import glasses
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -189,6 +195,33 @@ def test_density_ratio_kl_of_two_gaussians_matches_closed_form() -> None:
     assert est == pytest.approx(0.5, abs=0.15)  # KL(N(0,I) ‖ N(m,I)) = |m|²/2
 
 
+def test_classifier_kl_matches_closed_forms_and_is_not_inflated_by_overfitting() -> None:
+    gen = _gen(4)
+    d, n = 32, 4000
+    p = torch.randn(n, d, generator=gen)
+    same = classifier_kl(p, torch.randn(n, d, generator=gen), generator=_gen(5))
+    assert abs(same.kl_nats) < 0.05 and abs(same.accuracy - 0.5) < 0.03
+    # KL(N(0, I) ‖ N(m, I)) = ‖m‖²/2 = 32 · 0.3² / 2 = 1.44 nats
+    shifted = classifier_kl(p, torch.randn(n, d, generator=gen) + 0.3, generator=_gen(6))
+    assert shifted.kl_nats == pytest.approx(1.44, abs=0.25)
+    assert shifted.dv_nats == pytest.approx(1.44, abs=0.25)
+    with pytest.raises(ShapeError):
+        classifier_kl(p[:4], p[:4])
+    with pytest.raises(InvalidParameterError):
+        classifier_kl(p, p, patience=0)
+
+
+def test_frechet_distance_closed_form() -> None:
+    gen = _gen(7)
+    x = torch.randn(40000, 3, generator=gen, dtype=torch.float64)
+    y = 0.5 * torch.randn(40000, 3, generator=gen, dtype=torch.float64) + torch.tensor([1.0, 0, 0])
+    # ‖m‖² + d (1 − s)² = 1 + 3 · 0.25
+    assert frechet_distance(x, y) == pytest.approx(1.75, abs=0.05)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ShapeError):
+        frechet_distance(x, y[:, :2])
+
+
 # ------------------------------------------------------------------------------ models
 
 
@@ -283,7 +316,21 @@ def test_zoo_and_config_validation() -> None:
     assert names[:2] == ["ae", "beta_vae_0.25"] and "vae" in names and "bib_ae" in names
     assert sum(n.startswith("beta_vae") or n == "vae" for n in names) >= 5
     fm = [e.name for e in glasses.zoo(glasses.PROFILES["cpu"], "fashion_mnist")]
-    assert set(fm) < set(names)
+    assert set(fm) < set(names) and "gan" in fm
+    # at least two replicates of every row at the cpu profile, each with its own seed
+    cpu = glasses.PROFILES["cpu"]
+    assert cpu.replicates >= 2 and "vae-r1" in names and "gan-r1" in fm
+    assert glasses.row_name("beta_vae_0.25-r1") == "beta_vae_0.25"
+    assert glasses.row_name("vae") == "vae"
+    entry = glasses.ZooEntry("shannon_ae", 2.0, replicate=1)
+    assert (entry.name, entry.row) == ("shannon_ae_2-r1", "shannon_ae_2")
+    assert cpu.adv_epochs > cpu.epochs
+    with pytest.raises(InvalidParameterError):
+        glasses.ZooEntry("ae", replicate=-1)
+    with pytest.raises(InvalidParameterError):
+        dataclasses.replace(_tiny(), n_train=64, n_val=64)
+    with pytest.raises(UnknownNameError):
+        dataclasses.replace(_tiny(), schedule_kind="step")
     with pytest.raises(UnknownNameError, match="not in the zoo"):
         glasses.zoo(dataclasses.replace(_tiny(), fashion_models=("vqvae",)), "fashion_mnist")
     with pytest.raises(InvalidParameterError):
@@ -340,34 +387,125 @@ def test_training_terms_assemble_the_lagrangian() -> None:
     assert float(terms["D"]) == pytest.approx(want_d, rel=1e-6)
 
 
-def test_check_bars_reads_directions() -> None:
-    good = {
-        "models": {
-            "ae": {"test_A_nats": 80.0, "test_B_mmd2": 0.3},
-            "vae": {"test_A_nats": 25.0, "test_C_nats": -90.0, "test_B_mmd2": 0.01,
-                    "test_B_kl_nats": 1.0, "test_D_kl_nats": 3.0},
-            "beta_vae_0.5": {"test_A_nats": 15.0, "test_C_nats": -100.0},
-            "beta_vae_2": {"test_A_nats": 35.0, "test_C_nats": -80.0},
-            "aae": {"test_B_mmd2": 0.005, "test_B_kl_nats": 0.5},
-        },
-        "beta_sweep": ["beta_vae_0.5", "vae", "beta_vae_2"],
-        "novelty": {"vae": {"auroc_C": 0.97, "auroc_A": 0.6}},
-    }
-    full = glasses.check_bars(good)
-    assert full[0]["values"] == {"vae": 25.0, "ae": 80.0}
-    assert full[-1]["values"] == {"vae/C": 0.97}
-    bars = {b["bar"]: b["holds"] for b in full}
-    assert bars["VAE's A below the plain AE's A (the AE has no A term)"] is True
-    assert bars["AAE's B below the VAE's B, by MMD² (+B in (32))"] is True
-    assert bars["β-VAE's A rises with β (weight on A relative to C, 1/β, falls)"] is True
-    assert bars["novelty detection: best AUROC above 0.9"] is True
-    assert bars["GAN's D below the VAE's D (D is all the GAN optimises)"] is None
-    bad = json.loads(json.dumps(good))
-    bad["models"]["beta_vae_2"]["test_A_nats"] = 20.0
-    bad["models"]["aae"]["test_B_mmd2"] = 0.5
-    bars = {b["bar"]: b["holds"] for b in glasses.check_bars(bad)}
-    assert bars["β-VAE's A rises with β (weight on A relative to C, 1/β, falls)"] is False
-    assert bars["AAE's B below the VAE's B, by MMD² (+B in (32))"] is False
+def _synthetic_metrics(values: dict[str, list[dict[str, float]]]) -> dict:
+    """Metrics of a fake run: ``values[row][r]`` are replicate ``r``'s numbers of that row."""
+    models = {}
+    for row, reps in values.items():
+        for r, nums in enumerate(reps):
+            models[row + (f"-r{r}" if r else "")] = {"row": row, "replicate": r, **nums}
+    return {"models": models, "table": aggregate_rows(models),
+            "beta_sweep": [n for n in ("beta_vae_0.5", "vae", "beta_vae_2") if n in values],
+            "compression_sweep": [], "settle_fraction": 0.25, "settle_tolerance": 0.1}
+
+
+def test_reproduction_checks_judge_paired_differences() -> None:
+    good = _synthetic_metrics({
+        "ae": [{"test_C_nats": -80.0}, {"test_C_nats": -81.0}],
+        "vae": [{"test_A_nats": 25.0, "test_C_nats": -90.0, "test_B_mmd2": 0.010},
+                {"test_A_nats": 26.0, "test_C_nats": -91.0, "test_B_mmd2": 0.011}],
+        "beta_vae_0.5": [{"test_A_nats": 15.0, "test_C_nats": -100.0},
+                         {"test_A_nats": 16.0, "test_C_nats": -101.0}],
+        "beta_vae_2": [{"test_A_nats": 35.0, "test_C_nats": -80.0},
+                       {"test_A_nats": 36.0, "test_C_nats": -81.0}],
+        "aae": [{"test_B_mmd2": 0.005}, {"test_B_mmd2": 0.006}],
+    })
+    checks = {c["check"]: c for c in glasses.reproduction_checks(good)}
+    assert checks["plain AE's C above the VAE's C"]["holds"] is True
+    assert checks["plain AE's C above the VAE's C"]["comparisons"][0]["mean"] == pytest.approx(10)
+    assert checks["AAE's B below the VAE's B, by MMD²"]["holds"] is True
+    assert checks["β-VAE's A rises with β"]["holds"] is True
+    assert len(checks["β-VAE's A rises with β"]["comparisons"]) == 2
+    assert "GAN's D below the VAE's D, by density-ratio KL" not in checks  # no GAN trained
+    assert all(c["explanations"] == [] for c in checks.values() if c["holds"] is True)
+    # the AAE's MMD² above the VAE's in both replicates: contradicted
+    bad = json.loads(json.dumps(good["models"]))
+    bad["aae"]["test_B_mmd2"], bad["aae-r1"]["test_B_mmd2"] = 0.020, 0.021
+    bad["beta_vae_2"]["test_A_nats"] = 20.0  # one replicate up, one down: undecided
+    m = {**good, "models": bad, "table": aggregate_rows(bad)}
+    checks = {c["check"]: c for c in glasses.reproduction_checks(m)}
+    assert checks["AAE's B below the VAE's B, by MMD²"]["holds"] is False
+    sweep = checks["β-VAE's A rises with β"]
+    assert sweep["holds"] is None and sweep["verdict"] == "undecided"
+    # the explanation is computed from the recorded numbers: the interval and the differences
+    (text,) = [e for e in sweep["explanations"] if "contains 0" in e]
+    assert "beta_vae_2 − vae = 2.5" in text and "differences -5, 10; they differ in sign" in text
+
+
+def test_explanations_name_unsettled_training_and_a_chance_discriminator() -> None:
+    m = _synthetic_metrics({
+        "vae": [{"test_D_kl_nats": 2.0, "test_D_fd": 10.0, "test_B_kl_nats": 1.0},
+                {"test_D_kl_nats": 2.5, "test_D_fd": 11.0, "test_B_kl_nats": 1.2}],
+        "gan": [{"test_D_kl_nats": 3.0, "test_D_fd": 5.0},
+                {"test_D_kl_nats": 2.0, "test_D_fd": 6.0}],
+        "infovae": [{"test_B_kl_nats": 1.1}, {"test_B_kl_nats": 1.0}],
+    })
+    history = [{"row": "gan", "replicate": r, "kind": "gan", "epoch": e, "sample_fd": fd}
+               for r in (0, 1) for e, fd in enumerate([9.0, 8.0, 4.0, 2.0], start=1)]
+    settle = glasses.sample_score_settling(history, glasses.PROFILES["smoke"])
+    # window = round(0.25 · 4) = 1 epoch: |2 − 4| / 2 = 100 %
+    assert settle["gan"][0]["relative_change"] == pytest.approx(1.0)
+    assert settle["gan"][0]["settled"] is False and settle["gan"][0]["window_epochs"] == 1
+    m["sample_score_settling"] = settle
+    m["latent_disc_last_loss"] = {"infovae": 1.40}
+    checks = {c["check"]: c for c in glasses.reproduction_checks(m)}
+    gan = checks["GAN's D below the VAE's D, by density-ratio KL"]
+    assert gan["holds"] is None
+    assert any("not settled" in e and "100%" in e for e in gan["explanations"])
+    assert any("Fréchet distance" in e for e in gan["explanations"])  # it says the opposite
+    assert checks["gan's sample score settled by the end of training"]["holds"] is False
+    info = checks["InfoVAE's B above the VAE's B, by density-ratio KL"]
+    assert any("2 ln 2" in e and "1.400" in e for e in info["explanations"])
+
+
+def test_novelty_choice_is_made_on_validation() -> None:
+    models = {"vae": {"row": "vae"}, "vae-r1": {"row": "vae"}, "ae": {"row": "ae"}}
+    novelty = {"vae": {"auroc_C_val": 0.95, "auroc_C": 0.70, "auroc_A_val": 0.60, "auroc_A": 0.99},
+               "vae-r1": {"auroc_C_val": 0.93, "auroc_C": 0.72, "auroc_A_val": 0.62,
+                          "auroc_A": 0.98},
+               "ae": {"auroc_C_val": 0.90, "auroc_C": 0.97}}
+    choice = glasses._novelty_choice(novelty, models)
+    assert (choice["row"], choice["score"]) == ("vae", "C")  # not the test-best A
+    assert choice["test"]["mean"] == pytest.approx(0.71)
+    m = {"dataset": "mnist", "novelty_choice": choice}
+    (check,) = [c for c in glasses.reproduction_checks(m) if c["key"] == "auroc"]
+    assert check["holds"] is False  # interval [0.583, 0.837] lies below 0.9
+
+
+def test_known_value_check_and_mean_interval() -> None:
+    from scipy import stats
+
+    vals = [0.9, 1.1, 1.05, 0.95, 1.0]
+    res = mean_interval(vals)
+    lo, hi = stats.t.interval(0.95, 4, loc=np.mean(vals), scale=stats.sem(vals))
+    assert res["interval_95"] == pytest.approx([lo, hi])
+    assert mean_interval([1.0])["interval_95"] is None
+    with pytest.raises(InvalidParameterError):
+        mean_interval([])
+    ok = glasses._known_value_check("x", {"kl_nats": 1.0, "kl_nats_ci95": [0.95, 1.05]}, 1.0)
+    off = glasses._known_value_check("x", {"kl_nats": 1.5, "kl_nats_ci95": [1.4, 1.6]}, 1.0)
+    wide = glasses._known_value_check("x", {"kl_nats": 1.0, "kl_nats_ci95": [0.0, 2.0]}, 1.0)
+    assert (ok["holds"], off["holds"], wide["holds"]) == (True, False, False)
+
+
+def _random_data(n: int = 96) -> glasses._Data:
+    gen = _gen(11)
+    imgs = torch.rand(n, 1, 28, 28, generator=gen)
+    mean, comps = glasses._pca(imgs, 4)
+    return glasses._Data(imgs, imgs[:32], imgs, imgs[:32], imgs, mean, comps)
+
+
+def test_deterministic_encoders_a_is_the_noise_identity() -> None:
+    cfg = dataclasses.replace(_tiny(), n_eval=64, n_divergence=32, estimator_repeats=2,
+                              dr_steps=5)
+    model = glasses.build_model(glasses.ZooEntry("ae"), cfg, (1, 28, 28), _gen(3))
+    out = glasses._measure(model, _random_data(), cfg, torch.device("cpu"), 0)
+    s2 = cfg.det_noise_std ** 2
+    const = 0.5 * cfg.latent_dim * (s2 - 1 - math.log(s2))
+    assert out["A_noise_constant_nats"] == pytest.approx(const)
+    assert out["test_A_nats"] == pytest.approx(out["test_A_code_energy_nats"] + const, rel=1e-5)
+    for key in ("test_B_kl_nats", "test_B_mmd2", "test_D_kl_nats", "test_D_fd"):
+        lo, hi = out[f"{key}_ci95"]
+        assert lo <= out[key] <= hi and len(out[f"{key}_values"]) == 2
 
 
 @pytest.fixture
@@ -381,25 +519,42 @@ def data_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_smoke_run_writes_results_and_resumes(tmp_path: Path, data_env: None,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     small = dataclasses.replace(glasses.PROFILES["smoke"], fashion_models=("vae", "gan"),
-                                n_train=128, n_eval=128, n_divergence=64, n_trajectory=32,
-                                n_novelty=64, dr_steps=5)
+                                n_train=192, n_val=64, n_eval=128, n_divergence=64,
+                                n_trajectory=32, n_novelty=64, n_sample_score=32, dr_steps=5)
     monkeypatch.setitem(glasses.PROFILES, "smoke", small)
     root = tmp_path / "results"
     out = glasses.run("smoke", results_root=root, progress=False,
                       experiments=("fashion_mnist",))
     record = json.loads(out["fashion_mnist"].read_text())
     metrics = record["metrics"]
-    assert set(metrics["models"]) == {"vae", "gan"}
+    assert set(metrics["models"]) == {"vae", "gan", "vae-r1", "gan-r1"}
+    assert metrics["table"]["vae"]["seeds"] == [0, 1]
+    assert metrics["n_train"] == 128 and metrics["n_val"] == 64
     vae = metrics["models"]["vae"]
     for key in ("test_A_nats", "test_B_mmd2", "test_B_kl_nats", "test_C_nats",
-                "test_D_kl_nats"):
+                "test_D_kl_nats", "test_D_fd"):
         assert math.isfinite(vae[key]), key
+        if key != "test_A_nats" and key != "test_C_nats":
+            assert len(vae[f"{key}_values"]) == small.estimator_repeats
     assert metrics["models"]["gan"]["test_A_nats"] is None  # no encoder
     assert 0.0 <= metrics["novelty"]["vae"]["auroc_C"] <= 1.0
-    assert "auroc_D" in metrics["novelty"]["gan"]
+    assert "auroc_D" in metrics["novelty"]["gan"] and "auroc_D_val" in metrics["novelty"]["gan"]
     assert metrics["test_C_max_nats"] > vae["test_C_nats"]
+    est = metrics["estimator_checks"]
+    assert set(est["D"]["cases"]) == {"data vs data", "data vs ½ data + ½ noise", "data vs noise"}
+    assert est["D"]["cases"]["data vs ½ data + ½ noise"]["truth_nats"] == pytest.approx(math.log(2))
+    assert set(metrics["sample_score_settling"]["gan"]) == {"0", "1"}
+    kinds = {c["check"] for c in metrics["checks"]}
+    assert "gan's sample score settled by the end of training" in kinds
     rows = {r["model"] for r in record["history"]}
-    assert rows == {"vae", "gan"}
+    assert rows == {"vae", "gan", "vae-r1", "gan-r1"}
+    # every epoch row has the sample score; the adversarial models train longer, on a
+    # per-step schedule that decays from its peak
+    gan_rows = [r for r in record["history"] if r["model"] == "gan" and r["epoch"] >= 1]
+    assert len(gan_rows) == small.adv_epochs and all("sample_fd" in r for r in gan_rows)
+    assert gan_rows[-1]["lr_end_main"] < 0.1 * small.adv_lr
+    vae_rows = [r for r in record["history"] if r["model"] == "vae" and r["epoch"] >= 1]
+    assert len(vae_rows) == small.epochs and "traj_A_nats" in vae_rows[0]
     images = glasses.load_images_artifact(out["fashion_mnist"], metrics,
                                           record["artifacts"]["images"])
     assert images["vae/recon"].shape == (8, 28, 28) and images["originals"].dtype == np.uint8
@@ -413,5 +568,20 @@ def test_smoke_run_writes_results_and_resumes(tmp_path: Path, data_env: None,
     third = glasses.run("smoke", results_root=root, progress=False, resume=True,
                         experiments=("fashion_mnist",))
     m3 = json.loads(third["fashion_mnist"].read_text())["metrics"]
-    for key in ("test_A_nats", "test_C_nats", "test_B_kl_nats", "test_D_kl_nats"):
+    for key in ("test_A_nats", "test_C_nats", "test_B_kl_nats", "test_D_kl_nats", "test_D_fd"):
         assert m3["models"]["vae"][key] == vae[key]
+
+
+def test_estimators_pass_their_known_cases_on_mnist(data_env: None) -> None:
+    cfg = dataclasses.replace(glasses.PROFILES["cpu"], n_train=6000, n_val=1000,
+                              n_divergence=2000, estimator_repeats=3)
+    data = glasses._load_data("mnist", cfg, 0)
+    res = glasses.estimator_checks(data, cfg, 0)
+    d = res["D"]["cases"]
+    assert abs(d["data vs data"]["kl_nats"]) < 0.1
+    assert d["data vs ½ data + ½ noise"]["kl_nats"] == pytest.approx(math.log(2), abs=0.15)
+    assert d["data vs noise"]["kl_nats"] > 3.0
+    assert res["D"]["ranking"]["holds"] is True
+    b = res["B"]["cases"]
+    assert abs(b["N(0, I) vs N(0, I)"]["kl_nats"]) < 0.1
+    assert b["N(0, I) vs N(m, I), ‖m‖²/2 = 1"]["kl_nats"] == pytest.approx(1.0, abs=0.25)

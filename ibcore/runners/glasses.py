@@ -13,14 +13,29 @@ estimators**, whatever the model optimised:
   For the quantized compression AE, A is its rate :math:`\mathbb E[-\log P(\hat z)]` under its
   own learned prior (the KL of a point mass on an integer code to a discrete prior).
 * **B** :math:`= \mathrm{KL}(q(z)\|p(z))` by the unbiased MMD² (IMQ kernel, fixed bandwidth)
-  and by the density-ratio KL estimator between test codes and prior samples.
+  and by the classifier KL estimator (:func:`ibcore.estimators.divergences.classifier_kl`,
+  early-stopped on a validation part) between test codes and prior samples.
 * **C** :math:`= \mathbb E_x\mathbb E_{q(z|x)}\log p(x|z)` of the Bernoulli decoder on the
   test set, nats per image (one posterior sample per image).
-* **D** :math:`= \mathrm{KL}(p_D(x)\|p_\theta(x))` by the density-ratio KL estimator between
-  test images and decoder means at prior samples, in a fixed feature space: the top
-  ``pca_dim`` principal components of the training images (a fixed linear map, the same for
-  every model; by the data-processing inequality the KL of the features is ≤ the KL of the
-  images).
+* **D** :math:`= \mathrm{KL}(p_D(x)\|p_\theta(x))` by the classifier KL estimator between
+  test images and decoder means at prior samples, and by the Fréchet distance of Gaussian fits,
+  both in a fixed feature space: the top ``pca_dim`` principal components of the training
+  images (a fixed linear map, the same for every model; by the data-processing inequality the
+  KL of the features is ≤ the KL of the images).
+
+Every divergence estimate is repeated ``estimator_repeats`` times on fresh draws and reported
+with a 95 % interval; the estimators are also run on cases with a known answer
+(:func:`estimator_checks`). Every model is trained in ``replicates`` replicates (training
+seeds); rows are compared by replicate-paired differences with 95 % intervals
+(:mod:`ibcore.replicates`), and every expectation of the chapter is judged from them by
+:func:`reproduction_checks`, with explanations computed from recorded numbers only.
+
+Training: a validation split (``n_val`` images) is carved from the training images; every
+optimizer follows a per-step warm-up + cosine schedule; after every epoch the runner records A
+and C on validation images and the *sample score* (the Fréchet distance between generated and
+validation images in the principal-component features). Models with an image discriminator
+train for ``adv_epochs`` epochs, and :func:`sample_score_settling` says whether their score
+stopped moving.
 
 Models (``kind``): ``ae`` (−C), ``beta_vae`` (A − βC; β = 1 is the VAE), ``aae`` (B − βC),
 ``infovae`` (A − B − βC, the source's signs), ``gan`` (D), ``vae_gan`` (A − βC + βD),
@@ -35,13 +50,17 @@ Novelty detection (source §4.3): every model scores the test set of its trainin
 against the test set of the other dataset (out) by its per-image C (reconstruction
 log-likelihood at the posterior mean), its per-image A (Gaussian encoders) and, for models
 with an image discriminator, by its logit (a D-style score); AUROC and ROC curves per score.
+The best (model, score) is chosen on a validation pair (validation images against training
+images of the other dataset) and judged on the test pair.
 
 Artefacts: one PNG per experiment beside the result file (named in it with its SHA-256):
-8 fixed test images, then per model a row of their reconstructions and a row of samples.
+8 fixed test images, then per model (its first replicate) a row of their reconstructions and a
+row of samples.
 
 Checkpoints: ``<results_root>/../runs/glasses/<experiment>/<profile>-seed<N>/``; each model
 has its training checkpoint ``<model>.pt`` and, once measured, ``<model>.done`` (verified,
-fingerprinted) so ``--resume`` continues a model exactly and skips finished ones.
+fingerprinted) so ``--resume`` continues a model exactly and skips finished ones; the
+estimators' known cases are cached in ``estimator_checks.done``.
 """
 
 from __future__ import annotations
@@ -65,7 +84,7 @@ from ibcore.checkpoint import load_checkpoint, save_checkpoint
 from ibcore.data import load_tensors, subset, to_unit_float
 from ibcore.device import isolated_rng
 from ibcore.errors import CheckpointError, InvalidParameterError, UnknownNameError
-from ibcore.estimators.divergences import density_ratio_kl, mmd2_unbiased
+from ibcore.estimators.divergences import classifier_kl, frechet_distance, mmd2_unbiased
 from ibcore.estimators.rate import FactorizedDensity
 from ibcore.metrics import auroc, roc_curve_on_grid
 from ibcore.models.autoencoders import (
@@ -79,8 +98,10 @@ from ibcore.models.autoencoders import (
     quantize,
 )
 from ibcore.objectives.bibae import lagrangian
+from ibcore.replicates import aggregate_rows, mean_interval, paired_difference
 from ibcore.results import read_artifact
 from ibcore.runners.context import RunContext, prepare_run
+from ibcore.schedules import Schedule
 from ibcore.tasks import Task, run_experiments
 from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
@@ -107,7 +128,11 @@ __all__ = [
     "ZooEntry",
     "build_model",
     "build_optimizers",
-    "check_bars",
+    "estimator_checks",
+    "reproduction_checks",
+    "repeated_divergences",
+    "row_name",
+    "sample_score_settling",
     "code_length_nats",
     "load_images_artifact",
     "model_name",
@@ -136,8 +161,20 @@ class GlassesConfig:
     disc_hidden: tuple[int, ...] = (256,)
     # training
     n_train: int | None = None
-    """Training images (a random subset; ``None``: all of them)."""
+    """Training images (a random subset; ``None``: all of them), the validation images
+    included."""
+    n_val: int = 5000
+    """Validation images carved from the training images (never trained on): the per-epoch
+    curves and every choice (the novelty score) are made on them, never on the test split."""
     epochs: int = 5
+    """Epochs of the models without an image discriminator."""
+    adv_epochs: int = 5
+    """Epochs of the models with an image discriminator (GAN, VAE/GAN, BIB-AE): trained until
+    their per-epoch sample score settles."""
+    replicates: int = 1
+    """Training seeds of every model (rows are compared by replicate-paired differences)."""
+    schedule_kind: str = "warmup_cosine"
+    """Per-step learning-rate schedule of every optimizer (peak: its ``lr``/``adv_lr``)."""
     batch_size: int = 128
     lr: float = 1e-3
     adv_lr: float = 2e-4
@@ -159,8 +196,19 @@ class GlassesConfig:
     n_divergence: int = 2000
     n_trajectory: int = 1000
     n_novelty: int = 2000
-    dr_steps: int = 500
+    dr_steps: int = 1000
+    """Most Adam steps of a density-ratio classifier (early stopping on a validation part)."""
     dr_hidden: int = 64
+    estimator_repeats: int = 5
+    """Repeats of every divergence estimate (fresh splits, samples and initial weights): the
+    spread of the repeats gives each estimate its 95 % interval."""
+    n_sample_score: int = 2000
+    """Generated and validation images of the per-epoch sample score (Fréchet distance in the
+    principal-component features)."""
+    settle_fraction: float = 0.25
+    settle_tolerance: float = 0.10
+    """A sample score has settled when it moved by less than this fraction of its final value
+    over the last ``settle_fraction`` of the epochs."""
     pca_dim: int = 32
     pca_fit: int = 10000
     roc_points: int = 101
@@ -168,12 +216,18 @@ class GlassesConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise UnknownNameError(f"unknown arch {self.arch!r}; choose one of {ARCHS}")
-        for name in ("latent_dim", "prior_components", "epochs", "batch_size", "checkpoint_every_steps", "n_eval",
-                     "n_divergence", "n_trajectory", "n_novelty", "dr_steps", "dr_hidden",
-                     "pca_dim", "pca_fit", "roc_points"):
+        for name in ("latent_dim", "prior_components", "epochs", "adv_epochs", "batch_size",
+                     "checkpoint_every_steps", "n_eval", "n_divergence", "n_trajectory",
+                     "n_novelty", "dr_steps", "dr_hidden", "pca_dim", "pca_fit", "roc_points",
+                     "n_val", "replicates", "n_sample_score"):
             check_int(name, getattr(self, name), low=1)
+        check_int("estimator_repeats", self.estimator_repeats, low=2)
         if self.n_train is not None:
-            check_int("n_train", self.n_train, low=2)
+            check_int("n_train", self.n_train, low=self.n_val + 2)
+        Schedule(self.schedule_kind)  # refuses an unknown kind
+        check_weight("settle_fraction", self.settle_fraction, low=0.0, high=1.0,
+                     low_inclusive=False)
+        check_weight("settle_tolerance", self.settle_tolerance, low=0.0, low_inclusive=False)
         if self.n_divergence < 8:
             raise InvalidParameterError("n_divergence must be ≥ 8 (the estimators split it)")
         for name in ("lr", "adv_lr", "det_noise_std", "mmd_bandwidth"):
@@ -187,7 +241,11 @@ class GlassesConfig:
 
 
 _CPU = GlassesConfig(
-    fashion_models=("ae", "vae", "beta_vae_0.25", "beta_vae_4", "aae", "vae_gan",
+    epochs=8,
+    adv_epochs=20,
+    replicates=2,
+    n_divergence=4000,
+    fashion_models=("ae", "vae", "beta_vae_0.25", "beta_vae_4", "aae", "gan", "vae_gan",
                     "shannon_ae_1", "bib_ae"),
 )
 
@@ -197,8 +255,10 @@ PROFILES: dict[str, GlassesConfig] = {
         hidden=(64, 32),
         disc_hidden=(32,),
         z_disc_hidden=(16,),
-        n_train=256,
+        n_train=320,
+        n_val=64,
         epochs=1,
+        adv_epochs=2,
         batch_size=64,
         checkpoint_every_steps=2,
         betas=(1.0, 2.0),
@@ -208,8 +268,10 @@ PROFILES: dict[str, GlassesConfig] = {
         n_divergence=128,
         n_trajectory=64,
         n_novelty=128,
-        dr_steps=10,
+        dr_steps=20,
         dr_hidden=16,
+        estimator_repeats=2,
+        n_sample_score=64,
         pca_dim=8,
         pca_fit=256,
         roc_points=21,
@@ -223,6 +285,8 @@ PROFILES: dict[str, GlassesConfig] = {
         disc_hidden=(512, 256),
         n_train=None,
         epochs=30,
+        adv_epochs=60,
+        replicates=3,
         betas=(0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
         compression_betas=(0.25, 0.5, 1.0, 2.0, 4.0),
         fashion_models=None,
@@ -254,14 +318,29 @@ def model_name(kind: str, beta: float = 1.0) -> str:
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """One model to train: its kind (Lagrangian) and β (the weight of the likelihood C)."""
+    """One model to train: its kind (Lagrangian), β (the weight of the likelihood C) and its
+    replicate (training seed number; replicate 0 has no suffix, others ``-r<k>``)."""
 
     kind: str
     beta: float = 1.0
+    replicate: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("replicate", self.replicate, low=0)
+
+    @property
+    def row(self) -> str:
+        """The table row the model belongs to (its name without the replicate)."""
+        return model_name(self.kind, self.beta)
 
     @property
     def name(self) -> str:
-        return model_name(self.kind, self.beta)
+        return self.row + (f"-r{self.replicate}" if self.replicate else "")
+
+    @property
+    def adversarial(self) -> bool:
+        """Trained against an image discriminator (its samples are the point of training)."""
+        return self.kind in D_KINDS
 
     @property
     def objective(self) -> str:
@@ -272,7 +351,8 @@ class ZooEntry:
 
 
 def zoo(config: GlassesConfig, dataset: str) -> list[ZooEntry]:
-    """The models trained on ``dataset`` at ``config`` (Fashion-MNIST: ``fashion_models``)."""
+    """The models trained on ``dataset`` at ``config`` (Fashion-MNIST: ``fashion_models``),
+    every one in ``config.replicates`` replicates (replicate 0 of every row first)."""
     entries = [ZooEntry("ae")]
     entries += [ZooEntry("beta_vae", float(b)) for b in sorted(config.betas)]
     entries += [ZooEntry("aae"), ZooEntry("infovae"), ZooEntry("gan"), ZooEntry("vae_gan")]
@@ -287,7 +367,14 @@ def zoo(config: GlassesConfig, dataset: str) -> list[ZooEntry]:
                 f"({', '.join(sorted(names))})"
             )
         entries = [e for e in entries if e.name in config.fashion_models]
-    return entries
+    return [dataclasses.replace(e, replicate=r) for r in range(config.replicates)
+            for e in entries]
+
+
+def row_name(name: str) -> str:
+    """The table row of a model name (``"vae-r1"`` → ``"vae"``)."""
+    base, sep, rep = name.rpartition("-r")
+    return base if sep and rep.isdigit() else name
 
 
 @dataclass
@@ -512,7 +599,9 @@ class _Data:
     """Tensors of one experiment (floats in [0, 1], ``[N, 1, 28, 28]``, on the CPU)."""
 
     train: Tensor
+    val: Tensor
     test: Tensor
+    other_val: Tensor
     other_test: Tensor
     pca_mean: Tensor
     pca_components: Tensor
@@ -609,27 +698,95 @@ def _a_and_c(
     return torch.cat(a_all), torch.cat(c_all), z, z.pow(2).sum(dim=1)
 
 
+@torch.no_grad()
+def _generate(model: Model, n: int, device: torch.device, generator: torch.Generator) -> Tensor:
+    """Decoder means at ``n`` prior samples (the compression AE samples its learned prior)."""
+    z = _prior_samples(model, n, generator).to(device)
+    return torch.cat([model.decoder.mean(z[sl]).cpu() for sl in _chunks(n)])
+
+
 def _trajectory_point(
     model: Model, data: _Data, config: GlassesConfig, device: torch.device, seed: int
 ) -> dict[str, float]:
-    """A and C on the fixed trajectory subset of the test set (same draw every epoch)."""
-    if model.encoder is None:
-        return {}
+    """The per-epoch numbers, all on validation images (the same draws every epoch): A and C
+    on the first ``n_trajectory`` of them, and the sample score ``sample_fd``: the Fréchet
+    distance between the principal-component features of ``n_sample_score`` generated images
+    and of as many validation images (0 for identical Gaussian fits)."""
+    out: dict[str, float] = {}
     gen = torch.Generator().manual_seed(seed)
-    a, c, _, _ = _a_and_c(model, data.test[: config.n_trajectory], config, device, gen)
-    return {"traj_A_nats": float(a.mean()), "traj_C_nats": float(c.mean())}
+    if model.encoder is not None:
+        a, c, _, _ = _a_and_c(model, data.val[: config.n_trajectory], config, device, gen)
+        out.update({"traj_A_nats": float(a.mean()), "traj_C_nats": float(c.mean())})
+    n = min(config.n_sample_score, data.val.shape[0])
+    fake = _generate(model, n, device, torch.Generator().manual_seed(seed + 1))
+    out["sample_fd"] = frechet_distance(data.features(data.val[:n]), data.features(fake))
+    return out
+
+
+def _summary(key: str, values: Sequence[float]) -> dict[str, Any]:
+    """``{key: mean, key_ci95: 95 % interval, key_values: the repeats}`` of a repeated estimate."""
+    stats = mean_interval(values)
+    return {key: stats["mean"], f"{key}_ci95": stats["interval_95"],
+            f"{key}_values": stats["values"]}
+
+
+def repeated_divergences(
+    p: Tensor, q: Tensor, config: GlassesConfig, seed: int, *, draw: Callable[
+        [Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]] | None = None,
+    mmd: bool = False,
+) -> dict[str, Any]:
+    """Every divergence estimate of P against Q, ``estimator_repeats`` times.
+
+    Repeat ``r`` draws its own generator (seeded ``seed + r``): ``draw(p, q, gen)`` picks that
+    repeat's samples (default: the sets as given), then :func:`classifier_kl` splits them and
+    initialises its classifier afresh. Returns the mean, 95 % interval and values of the KL
+    (``kl_nats``), its Donsker–Varadhan value (``dv_nats``) and the held-out accuracy
+    (``accuracy``), and with ``mmd`` the unbiased MMD² (IMQ kernel, ``mmd_bandwidth``).
+    """
+    kl, dv, acc, mmd2 = [], [], [], []
+    for r in range(config.estimator_repeats):
+        gen = torch.Generator().manual_seed(seed + r)
+        a, b = draw(p, q, gen) if draw is not None else (p, q)
+        est = classifier_kl(a, b, hidden=config.dr_hidden, max_steps=config.dr_steps,
+                            generator=gen)
+        kl.append(est.kl_nats)
+        dv.append(est.dv_nats)
+        acc.append(est.accuracy)
+        if mmd:
+            mmd2.append(float(mmd2_unbiased(a, b, kernel="imq", bandwidth=config.mmd_bandwidth)))
+    out = {**_summary("kl_nats", kl), **_summary("dv_nats", dv), **_summary("accuracy", acc)}
+    if mmd:
+        out.update(_summary("mmd2", mmd2))
+    return out
+
+
+def _prefixed(prefix: str, stats: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}_{k}": v for k, v in stats.items()}
 
 
 def _measure(
     model: Model, data: _Data, config: GlassesConfig, device: torch.device, seed: int
 ) -> dict[str, Any]:
-    """All four terms of one trained model on the test set, by the chapter's estimators."""
+    """All four terms of one trained model on the test set, by the chapter's estimators.
+
+    Every divergence (B by MMD² and by the classifier KL, D by the classifier KL and by the
+    Fréchet distance, both in the principal-component features) is estimated
+    ``estimator_repeats`` times on fresh draws: each repeat takes ``n_divergence`` test codes
+    or images at random and as many fresh prior samples or generated images. Keys:
+    ``test_<term>_<estimator>`` (the mean of the repeats), ``…_ci95`` and ``…_values``.
+    """
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, Any] = {"kind": model.entry.kind, "beta": model.entry.beta,
-                           "objective": model.entry.objective}
+                           "objective": model.entry.objective, "row": model.entry.row,
+                           "replicate": model.entry.replicate}
     n_div = config.n_divergence
+
+    def pick(x: Tensor, g: torch.Generator) -> Tensor:
+        return x[torch.randperm(x.shape[0], generator=g)[:n_div]]
+
     if model.encoder is not None:
-        a, c, z, sq = _a_and_c(model, data.test[: config.n_eval], config, device, gen)
+        test = data.test[: config.n_eval]
+        a, c, z, sq = _a_and_c(model, test, config, device, gen)
         out["test_A_nats"] = float(a.mean())
         out["test_C_nats"] = float(c.mean())
         out["test_code_sq_norm"] = float(sq.mean())
@@ -641,24 +798,41 @@ def _measure(
             out["A_convention"] = (
                 f"KL of N(f(x), σ₀² I) to N(0, I), σ₀ = {config.det_noise_std:g}"
             )
-        codes = z[:n_div]
-        prior = torch.randn(codes.shape[0], model.latent_dim, generator=gen)
-        out["test_B_mmd2"] = float(mmd2_unbiased(codes, prior, kernel="imq",
-                                                 bandwidth=config.mmd_bandwidth))
-        out["test_B_kl_nats"] = density_ratio_kl(
-            codes, prior, hidden=config.dr_hidden, steps=config.dr_steps, generator=gen)
+            # the identity A = ½ E‖f(x)‖² + (d/2)(σ₀² − 1 − ln σ₀²), whatever was learned
+            f_sq = torch.cat([_encode_eval(model, test[sl].to(device), config, None,
+                                           use_mean=True)[0].pow(2).sum(1).cpu()
+                              for sl in _chunks(test.shape[0])])
+            s2 = config.det_noise_std ** 2
+            out["test_A_code_energy_nats"] = 0.5 * float(f_sq.double().mean())
+            out["A_noise_constant_nats"] = 0.5 * model.latent_dim * (s2 - 1.0 - math.log(s2))
+
+        def draw_codes(codes: Tensor, _: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+            chosen = pick(codes, g)
+            return chosen, torch.randn(chosen.shape[0], model.latent_dim, generator=g)
+
+        b = repeated_divergences(z, z, config, _stable_seed(seed, "B"), draw=draw_codes,
+                                 mmd=True)
+        out.update(_prefixed("test_B", b))
     else:
         for key in ("test_A_nats", "test_C_nats", "test_code_sq_norm", "test_B_mmd2",
                     "test_B_kl_nats"):
             out[key] = None
         out["A_convention"] = "no encoder: A, B and C are not defined"
-    z_gen = _prior_samples(model, n_div, gen).to(device)
-    with torch.no_grad():
-        fake = torch.cat([model.decoder.mean(z_gen[sl]).cpu() for sl in _chunks(n_div)])
-    real = data.test[:n_div]
-    out["test_D_kl_nats"] = density_ratio_kl(
-        data.features(real), data.features(fake), hidden=config.dr_hidden,
-        steps=config.dr_steps, generator=gen)
+
+    def draw_images(real: Tensor, _: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        x = pick(real, g)
+        fake = _generate(model, x.shape[0], device, g)
+        return data.features(x), data.features(fake)
+
+    d = repeated_divergences(data.test, data.test, config, _stable_seed(seed, "D"),
+                             draw=draw_images)
+    out.update(_prefixed("test_D", d))
+    fd = []
+    for r in range(config.estimator_repeats):
+        g = torch.Generator().manual_seed(_stable_seed(seed, "FD", r))
+        real, fake = draw_images(data.test, data.test, g)
+        fd.append(frechet_distance(real, fake))
+    out.update(_summary("test_D_fd", fd))
     return out
 
 
@@ -683,15 +857,23 @@ def _novelty_scores(
 def _novelty(
     model: Model, data: _Data, config: GlassesConfig, device: torch.device
 ) -> dict[str, Any]:
+    """AUROC of every novelty score on the validation pair (in: the validation images, out:
+    training images of the other dataset; key ``auroc_<score>_val``, where the best score is
+    chosen) and on the test pair (``auroc_<score>``, with its ROC curve ``roc_<score>``)."""
     n = config.n_novelty
-    inside = _novelty_scores(model, data.test[:n], config, device)
-    outside = _novelty_scores(model, data.other_test[:n], config, device)
     out: dict[str, Any] = {}
-    for score in inside:
-        values = torch.cat([inside[score], outside[score]]).double()
-        labels = np.r_[np.zeros(inside[score].shape[0]), np.ones(outside[score].shape[0])]
-        out[f"auroc_{score}"] = auroc(values, labels)
-        out[f"roc_{score}"] = roc_curve_on_grid(values, labels, config.roc_points)
+    for split, ins, outs in (("val", data.val, data.other_val),
+                             ("test", data.test, data.other_test)):
+        inside = _novelty_scores(model, ins[:n], config, device)
+        outside = _novelty_scores(model, outs[:n], config, device)
+        for score in inside:
+            values = torch.cat([inside[score], outside[score]]).double()
+            labels = np.r_[np.zeros(inside[score].shape[0]), np.ones(outside[score].shape[0])]
+            if split == "val":
+                out[f"auroc_{score}_val"] = auroc(values, labels)
+            else:
+                out[f"auroc_{score}"] = auroc(values, labels)
+                out[f"roc_{score}"] = roc_curve_on_grid(values, labels, config.roc_points)
     return out
 
 
@@ -714,84 +896,319 @@ def _pictures(
 
 
 # ---------------------------------------------------------------------------------------------
-# bars of the issue
+# reproduction checks
 # ---------------------------------------------------------------------------------------------
 
+LN2 = math.log(2.0)
+CHANCE_DISC_LOSS = 2.0 * LN2
+"""The logistic loss of :func:`_logistic_loss` (a sum of two class means) at chance."""
+ZERO_TOLERANCE_NATS = 0.1
+"""Our tolerance on a known divergence: the 95 % interval of the estimate must reach the band
+true value ± this (an estimator off by more cannot order models a tenth of a nat apart) …"""
+PRECISION_NATS = 0.25
+"""… and its half-width must be at most this."""
+B_SHIFT_NATS = 1.0
+"""KL(N(0, I) ‖ N(m, I)) = ‖m‖²/2 of the B estimator's known case."""
+NOVELTY_AUROC = 0.9
+DISC_CHANCE_MARGIN = 0.05
 
-def _values(models: Mapping[str, Any], names: Sequence[str], key: str) -> dict[str, Any]:
-    return {n: models.get(n, {}).get(key) for n in names}
-
-
-def _below(models: Mapping[str, Any], low: str, high: str, key: str) -> tuple[bool | None, dict]:
-    vals = _values(models, (low, high), key)
-    if any(v is None for v in vals.values()):
-        return None, vals
-    return bool(vals[low] < vals[high]), vals
-
-
-def _increasing(models: Mapping[str, Any], names: Sequence[str], key: str
-                ) -> tuple[bool | None, dict]:
-    vals = _values(models, [n for n in names if n in models], key)
-    seq = list(vals.values())
-    if len(seq) < 2 or any(v is None for v in seq):
-        return None, vals
-    return bool(all(b > a for a, b in zip(seq[:-1], seq[1:], strict=True))), vals
+_VERDICT_HOLDS = {"supported": True, "contradicted": False, "undecided": None}
 
 
-def check_bars(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The issue's bars: ``{"bar", "term", "key", "holds" (True/False/None), "values"}``.
+def _row_values(table: Mapping[str, Any], row: str, key: str) -> list[float] | None:
+    stats = table.get(row, {}).get("metrics", {}).get(key)
+    return None if stats is None else list(stats["values"])
 
-    Directions follow each Lagrangian: a term with a positive coefficient should come out
-    lower than in a model without it (the VAE is the reference), one with a negative
-    coefficient higher; along the β-VAE sweep A and C should both rise with β (the weight of
-    C; the relative weight of A, 1/β, falls). ``holds`` is ``None`` where a model is missing.
-    ``values`` holds the numbers compared (metric ``key`` of each model). The novelty bar
-    (best AUROC above 0.9) is the issue's bar for models trained on MNIST (in) scoring
-    Fashion-MNIST (out); for other datasets it is reported as not measured.
+
+def _compare(table: Mapping[str, Any], high: str, low: str, key: str) -> dict[str, Any] | None:
+    """The paired difference ``high − low`` of metric ``key`` over the replicates both rows
+    have (``None`` when a row or the metric is missing)."""
+    a, b = _row_values(table, high, key), _row_values(table, low, key)
+    if a is None or b is None:
+        return None
+    n = min(len(a), len(b))
+    return {"higher": high, "lower": low, "key": key, **paired_difference(a[:n], b[:n])}
+
+
+def _judge(comparisons: Sequence[dict[str, Any] | None]) -> tuple[bool | None, str]:
+    """Every comparison supported → holds; any contradicted → does not hold; else undecided."""
+    if not comparisons or any(c is None for c in comparisons):
+        return None, "not measured"
+    verdicts = [c["verdict"] for c in comparisons if c is not None]
+    if "contradicted" in verdicts:
+        return False, "contradicted"
+    if all(v == "supported" for v in verdicts):
+        return True, "supported"
+    return None, "undecided"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _interval_text(ci: Sequence[float] | None) -> str:
+    return "no interval" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _explain_comparison(c: Mapping[str, Any], models: Mapping[str, Any],
+                        settling: Mapping[str, Any], history_disc: Mapping[str, float],
+                        ) -> list[str]:
+    """Sentences computed from the recorded numbers that bear on a comparison that was not
+    supported: the interval, the estimators' own intervals, unsettled training, a latent
+    discriminator at chance, and the second estimator of the same term."""
+    out: list[str] = []
+    key, hi, lo = c["key"], c["higher"], c["lower"]
+    if c["interval_95"] is None:
+        out.append(f"{hi} − {lo}: one replicate only, so the difference "
+                   f"({_fmt(c['mean'])}) has no interval")
+    elif c["verdict"] == "undecided":
+        diffs = c["differences"]
+        split = any(d > 0 for d in diffs) and any(d < 0 for d in diffs)
+        out.append(f"{hi} − {lo} = {_fmt(c['mean'])} with 95 % interval "
+                   f"{_interval_text(c['interval_95'])}, which contains 0 (replicate "
+                   f"differences {', '.join(_fmt(d) for d in diffs)}"
+                   + ("; they differ in sign)" if split else ")"))
+    reps = {m["replicate"]: m for m in models.values() if m.get("row") == hi}
+    others = {m["replicate"]: m for m in models.values() if m.get("row") == lo}
+    overlap = []
+    for r in sorted(set(reps) & set(others)):
+        ci_a, ci_b = reps[r].get(f"{key}_ci95"), others[r].get(f"{key}_ci95")
+        if ci_a and ci_b and ci_a[0] <= ci_b[1] and ci_b[0] <= ci_a[1]:
+            overlap.append(f"replicate {r}: {_interval_text(ci_a)} against "
+                           f"{_interval_text(ci_b)}")
+    if overlap:
+        out.append(f"the estimator's own 95 % intervals of {hi} and {lo} overlap ("
+                   + "; ".join(overlap) + ")")
+    for row in (hi, lo):
+        for r, s in sorted(settling.get(row, {}).items()):
+            if not s["settled"]:
+                out.append(f"{row}'s sample score moved by {s['relative_change']:.0%} over its "
+                           f"last {s['window_epochs']} epochs (replicate {r}): its training had "
+                           "not settled")
+        if key.startswith("test_B") and row in history_disc:
+            loss = history_disc[row]
+            if abs(loss - CHANCE_DISC_LOSS) <= DISC_CHANCE_MARGIN * CHANCE_DISC_LOSS:
+                out.append(f"{row}'s latent discriminator ended with loss {loss:.3f}, within "
+                           f"{DISC_CHANCE_MARGIN:.0%} of 2 ln 2 = {CHANCE_DISC_LOSS:.3f}, the loss "
+                           "of a classifier that cannot tell codes from prior samples")
+    if key == "test_D_kl_nats":
+        fd = {row: mean for row in (hi, lo) for mean in [_mean_of(models, row, "test_D_fd")]
+              if mean is not None}
+        if len(fd) == 2 and (fd[hi] > fd[lo]) != (c["mean"] > 0):
+            out.append(f"the Fréchet distance in the same features orders them the other way "
+                       f"({hi}: {_fmt(fd[hi])}, {lo}: {_fmt(fd[lo])})")
+    return out
+
+
+def _mean_of(models: Mapping[str, Any], row: str, key: str) -> float | None:
+    vals = [m[key] for m in models.values() if m.get("row") == row
+            and isinstance(m.get(key), (int, float))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def sample_score_settling(history: Sequence[Mapping[str, Any]], config: GlassesConfig
+                          ) -> dict[str, dict[int, dict[str, Any]]]:
+    """Per row of an adversarial model and replicate: has its per-epoch sample score settled?
+
+    With ``T`` epochs and window ``w = max(1, round(settle_fraction · T))`` the relative change
+    is ``|s_T − s_{T−w}| / s_T`` of the sample score ``s`` (``sample_fd``); settled when it is
+    below ``settle_tolerance``.
     """
+    series: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    for h in history:
+        if h.get("kind") in D_KINDS and h.get("epoch", 0) >= 1 and "sample_fd" in h:
+            series.setdefault((h["row"], h["replicate"]), []).append((h["epoch"], h["sample_fd"]))
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for (row, rep), pts in series.items():
+        pts.sort()
+        scores = [v for _, v in pts]
+        w = min(max(1, round(config.settle_fraction * len(scores))), len(scores) - 1)
+        if w < 1:
+            continue
+        final, before = scores[-1], scores[-1 - w]
+        change = abs(final - before) / max(abs(final), 1e-12)
+        out.setdefault(row, {})[rep] = {
+            "final_sample_fd": final, "sample_fd_window_start": before, "window_epochs": w,
+            "relative_change": change, "settled": bool(change < config.settle_tolerance)}
+    return out
+
+
+def _last_disc_loss(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean over replicates of each row's last-epoch latent-discriminator loss."""
+    last: dict[tuple[str, int], tuple[int, float]] = {}
+    for h in history:
+        if "train_z_disc_loss" in h:
+            k = (h["row"], h["replicate"])
+            if k not in last or h["epoch"] > last[k][0]:
+                last[k] = (h["epoch"], h["train_z_disc_loss"])
+    rows: dict[str, list[float]] = {}
+    for (row, _), (_, v) in last.items():
+        rows.setdefault(row, []).append(v)
+    return {r: sum(v) / len(v) for r, v in rows.items()}
+
+
+def _known_value_check(name: str, stats: Mapping[str, Any], truth: float) -> dict[str, Any]:
+    """Holds when the 95 % interval overlaps ``truth ± ZERO_TOLERANCE_NATS`` and its half-width
+    is at most ``PRECISION_NATS``."""
+    ci = stats["kl_nats_ci95"]
+    holds = None if ci is None else bool(
+        ci[0] <= truth + ZERO_TOLERANCE_NATS and ci[1] >= truth - ZERO_TOLERANCE_NATS
+        and 0.5 * (ci[1] - ci[0]) <= PRECISION_NATS)
+    return {"case": name, "truth_nats": truth, "mean": stats["kl_nats"], "interval_95": ci,
+            "holds": holds}
+
+
+def reproduction_checks(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The chapter's expectations, each judged from the recorded run.
+
+    Every entry: ``check`` (the claim), ``expectation`` (what must be seen for it to hold,
+    stated before any number), ``basis`` (where that comes from), ``term``, ``key``, ``holds``
+    (True/False/None), ``verdict``, ``comparisons`` (replicate-paired differences with their
+    95 % intervals), ``values`` (row means) and ``explanations`` (sentences computed from
+    the recorded numbers, for checks that did not hold). A comparison is listed only where
+    every model it names was trained on the dataset. Directions follow each Lagrangian: a
+    term with a positive coefficient should come out lower than in a model without it (the
+    VAE is the reference), one with a negative coefficient higher.
+    """
+    table = metrics.get("table", {})
     models = metrics.get("models", {})
-    sweep = [n for n in metrics.get("beta_sweep", []) if n in models]
-    comp = [n for n in metrics.get("compression_sweep", []) if n in models]
-    specs: list[tuple[str, str, str, Callable[[], tuple[bool | None, dict]]]] = [
-        ("VAE's A below the plain AE's A (the AE has no A term)", "A", "test_A_nats",
-         lambda: _below(models, "vae", "ae", "test_A_nats")),
-        ("AAE's B below the VAE's B, by MMD² (+B in (32))", "B", "test_B_mmd2",
-         lambda: _below(models, "aae", "vae", "test_B_mmd2")),
+    settling = metrics.get("sample_score_settling", {})
+    disc = metrics.get("latent_disc_last_loss", {})
+    sweep = [n for n in metrics.get("beta_sweep", []) if n in table]
+    comp = [n for n in metrics.get("compression_sweep", []) if n in table]
+    lagr = "the sign of the term in the source's eq. ({})"
+    specs: list[tuple[str, str, str, str, list[tuple[str, str]]]] = [
+        ("plain AE's C above the VAE's C", "C", "test_C_nats",
+         "the AE pays nothing for rate, the VAE pays A for every nat of C (eq. (30))",
+         [("ae", "vae")]),
+        ("AAE's B below the VAE's B, by MMD²", "B", "test_B_mmd2", lagr.format(32),
+         [("vae", "aae")]),
         ("AAE's B below the VAE's B, by density-ratio KL", "B", "test_B_kl_nats",
-         lambda: _below(models, "aae", "vae", "test_B_kl_nats")),
-        ("β-VAE's A rises with β (weight on A relative to C, 1/β, falls)", "A", "test_A_nats",
-         lambda: _increasing(models, sweep, "test_A_nats")),
-        ("β-VAE's C rises with β", "C", "test_C_nats",
-         lambda: _increasing(models, sweep, "test_C_nats")),
-        ("InfoVAE's B above the VAE's B, by MMD² (−B in (33))", "B", "test_B_mmd2",
-         lambda: _below(models, "vae", "infovae", "test_B_mmd2")),
+         lagr.format(32), [("vae", "aae")]),
+        ("β-VAE's A rises with β", "A", "test_A_nats",
+         "the weight on A relative to C, 1/β, falls (eq. (31))",
+         list(zip(sweep[1:], sweep[:-1], strict=False))),
+        ("β-VAE's C rises with β", "C", "test_C_nats", "the weight on C rises (eq. (31))",
+         list(zip(sweep[1:], sweep[:-1], strict=False))),
+        ("InfoVAE's B above the VAE's B, by MMD²", "B", "test_B_mmd2", lagr.format(33),
+         [("infovae", "vae")]),
         ("InfoVAE's B above the VAE's B, by density-ratio KL", "B", "test_B_kl_nats",
-         lambda: _below(models, "vae", "infovae", "test_B_kl_nats")),
-        ("BIB-AE's B above the VAE's B, by MMD² (−B in (26))", "B", "test_B_mmd2",
-         lambda: _below(models, "vae", "bib_ae", "test_B_mmd2")),
-        ("VAE/GAN's D below the VAE's D (+βD in (34))", "D", "test_D_kl_nats",
-         lambda: _below(models, "vae_gan", "vae", "test_D_kl_nats")),
-        ("BIB-AE's D below the VAE's D (+βD in (26))", "D", "test_D_kl_nats",
-         lambda: _below(models, "bib_ae", "vae", "test_D_kl_nats")),
-        ("GAN's D below the VAE's D (D is all the GAN optimises)", "D", "test_D_kl_nats",
-         lambda: _below(models, "gan", "vae", "test_D_kl_nats")),
+         lagr.format(33), [("infovae", "vae")]),
+        ("BIB-AE's B above the VAE's B, by MMD²", "B", "test_B_mmd2", lagr.format(26),
+         [("bib_ae", "vae")]),
+        ("BIB-AE's B above the VAE's B, by density-ratio KL", "B", "test_B_kl_nats",
+         lagr.format(26), [("bib_ae", "vae")]),
+        ("VAE/GAN's D below the VAE's D, by density-ratio KL", "D", "test_D_kl_nats",
+         lagr.format(34), [("vae", "vae_gan")]),
+        ("VAE/GAN's D below the VAE's D, by Fréchet distance", "D", "test_D_fd",
+         lagr.format(34), [("vae", "vae_gan")]),
+        ("BIB-AE's D below the VAE's D, by density-ratio KL", "D", "test_D_kl_nats",
+         lagr.format(26), [("vae", "bib_ae")]),
+        ("GAN's D below the VAE's D, by density-ratio KL", "D", "test_D_kl_nats",
+         "D is all the GAN optimises (eq. (24))", [("vae", "gan")]),
+        ("GAN's D below the VAE's D, by Fréchet distance", "D", "test_D_fd",
+         "D is all the GAN optimises (eq. (24))", [("vae", "gan")]),
         ("compression AE's rate rises with β", "A (rate)", "test_A_nats",
-         lambda: _increasing(models, comp, "test_A_nats")),
+         "the weight on C against the rate rises (eq. (35))",
+         list(zip(comp[1:], comp[:-1], strict=False))),
         ("compression AE's C rises with β", "C", "test_C_nats",
-         lambda: _increasing(models, comp, "test_C_nats")),
+         "the weight on C against the rate rises (eq. (35))",
+         list(zip(comp[1:], comp[:-1], strict=False))),
     ]
-    bars = []
-    for text, term, key, fn in specs:
-        holds, vals = fn()
-        bars.append({"bar": text, "term": term, "key": key, "holds": holds, "values": vals})
-    novelty = metrics.get("novelty", {}) if metrics.get("dataset", "mnist") == "mnist" else {}
-    scores = {f"{m}/{k[len('auroc_'):]}": v for m, d in novelty.items() for k, v in d.items()
-              if k.startswith("auroc_")}
-    best = max(scores, key=scores.__getitem__) if scores else None
-    bars.append({"bar": "novelty detection: best AUROC above 0.9", "term": "C, D",
-                 "key": "auroc", "holds": None if best is None else bool(scores[best] > 0.9),
-                 "values": {} if best is None else {best: scores[best]}})
-    return bars
+    checks: list[dict[str, Any]] = []
+    for text, term, key, basis, pairs in specs:
+        if not pairs or any(r not in table for pair in pairs for r in pair):
+            continue  # a model of the comparison is not trained on this dataset
+        comparisons = [_compare(table, hi, lo, key) for hi, lo in pairs]
+        holds, verdict = _judge(comparisons)
+        rows = list(dict.fromkeys(r for pair in pairs for r in pair))
+        values = {r: table[r]["metrics"][key]["mean"] for r in rows
+                  if key in table.get(r, {}).get("metrics", {})}
+        explanations: list[str] = []
+        if holds is not True:
+            for c in comparisons:
+                if c is not None and c["verdict"] != "supported":
+                    explanations += _explain_comparison(c, models, settling, disc)
+        direction = ("lower" if " below " in text else "higher" if " above " in text
+                     else "rising at every step of β")
+        checks.append({
+            "check": text, "term": term, "key": key, "basis": basis,
+            "expectation": (f"{direction}, with the 95 % interval of every replicate-paired "
+                            "difference on that side of 0"),
+            "holds": holds, "verdict": verdict, "comparisons": comparisons, "values": values,
+            "explanations": explanations})
+    # training of the adversarial models settled
+    for row in sorted(settling):
+        reps = settling[row]
+        holds = all(s["settled"] for s in reps.values())
+        checks.append({
+            "check": f"{row}'s sample score settled by the end of training", "term": "D",
+            "key": "sample_fd", "basis": "our convergence rule for adversarial models",
+            "expectation": (f"moved by less than {metrics['settle_tolerance']:.0%} over the last "
+                            f"{metrics['settle_fraction']:.0%} of the epochs, in every replicate"),
+            "holds": holds, "verdict": "supported" if holds else "contradicted",
+            "comparisons": [], "values": {f"{row} (replicate {r})": s["relative_change"]
+                                          for r, s in sorted(reps.items())},
+            "explanations": []})
+    # the estimators on known cases
+    for term, cases in metrics.get("estimator_checks", {}).items():
+        for case in cases.get("known_values", []):
+            checks.append({
+                "check": f"{term} estimator on a known case: {case['case']}", "term": term,
+                "key": "kl_nats", "basis": "a closed-form value; our tolerances",
+                "expectation": (f"95 % interval reaching {case['truth_nats']:.3f} ± "
+                                f"{ZERO_TOLERANCE_NATS:g} nats and at most ± "
+                                f"{PRECISION_NATS:g} nats wide"),
+                "holds": case["holds"], "verdict": "", "comparisons": [],
+                "values": {"estimate": case["mean"]}, "explanations": []})
+        if "ranking" in cases:
+            rk = cases["ranking"]
+            checks.append({
+                "check": f"{term} estimator ranks " + " < ".join(rk["order"]), "term": term,
+                "key": "kl_nats", "basis": "the known order of the cases",
+                "expectation": "means in that order, with disjoint 95 % intervals",
+                "holds": rk["holds"], "verdict": "", "comparisons": [],
+                "values": dict(zip(rk["order"], rk["means"], strict=True)),
+                "explanations": []})
+    # novelty detection: the score is chosen on the validation pair, judged on the test pair
+    nov = metrics.get("novelty_choice")
+    if metrics.get("dataset", "mnist") == "mnist" and nov is not None:
+        ci = nov["test"]["interval_95"]
+        holds = None if ci is None else (True if ci[0] > NOVELTY_AUROC
+                                         else False if ci[1] < NOVELTY_AUROC else None)
+        checks.append({
+            "check": f"novelty detection: the best score has test AUROC above {NOVELTY_AUROC:g}",
+            "term": "C, A, D", "key": "auroc",
+            "basis": "our expectation of a useful novelty score (the source gives no number)",
+            "expectation": (f"the 95 % interval of the test AUROC of the score chosen on the "
+                            f"validation pair above {NOVELTY_AUROC:g}"),
+            "holds": holds, "verdict": "", "comparisons": [],
+            "values": {f"{nov['row']}/{nov['score']}": nov["test"]["mean"]},
+            "explanations": ([] if holds is not False and ci is not None else
+                             [f"test AUROC {_fmt(nov['test']['mean'])}, 95 % interval "
+                              f"{_interval_text(ci)}"])})
+    return checks
+
+
+def _novelty_choice(novelty: Mapping[str, Any], models: Mapping[str, Any]
+                    ) -> dict[str, Any] | None:
+    """The (row, score) with the highest mean validation AUROC, and its test AUROC over the
+    replicates (mean and 95 % interval)."""
+    by: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for name, scores in novelty.items():
+        row = models[name]["row"]
+        for k, v in scores.items():
+            if k.startswith("auroc_") and k.endswith("_val"):
+                score = k[len("auroc_"):-len("_val")]
+                d = by.setdefault((row, score), {"val": [], "test": []})
+                d["val"].append(v)
+                d["test"].append(scores[f"auroc_{score}"])
+    if not by:
+        return None
+    (row, score), d = max(by.items(), key=lambda kv: sum(kv[1]["val"]) / len(kv[1]["val"]))
+    return {"row": row, "score": score, "val_mean": sum(d["val"]) / len(d["val"]),
+            "test": mean_interval(d["test"]),
+            "choice": "the (model, score) with the highest mean validation AUROC"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -817,14 +1234,36 @@ class _Context(RunContext):
 
 
 def _load_data(dataset: str, config: GlassesConfig, seed: int) -> _Data:
+    """The training subset (its last ``n_val`` images are the validation split), the test
+    set, and the other dataset's test set and a random ``n_novelty`` of its training images
+    (the novelty pair's validation out-set). Principal components: of training images only."""
     x_train, y_train = load_tensors(dataset, "train")
     x_test, _ = load_tensors(dataset, "test")
-    x_other, _ = load_tensors(OTHER_DATASET[dataset], "test")
+    other = OTHER_DATASET[dataset]
+    x_other, _ = load_tensors(other, "test")
+    x_other_train, y_other_train = load_tensors(other, "train")
     gen = torch.Generator().manual_seed(_stable_seed("subset", dataset, seed))
     x_train, _ = subset(x_train, y_train, config.n_train, gen)
-    train = to_unit_float(x_train)
+    perm = torch.randperm(x_train.shape[0], generator=gen)
+    images = to_unit_float(x_train[perm])
+    train, val = images[: -config.n_val], images[-config.n_val:]
+    if train.shape[0] < config.batch_size:
+        raise InvalidParameterError(
+            f"{train.shape[0]} training images after the {config.n_val} validation images are "
+            f"carved off: fewer than one batch of {config.batch_size}")
+    x_other_val, _ = subset(x_other_train, y_other_train, config.n_novelty, gen)
     mean, comps = _pca(train[: config.pca_fit], config.pca_dim)
-    return _Data(train, to_unit_float(x_test), to_unit_float(x_other), mean, comps)
+    return _Data(train, val, to_unit_float(x_test), to_unit_float(x_other_val),
+                 to_unit_float(x_other), mean, comps)
+
+
+def _schedules(model: Model, config: GlassesConfig) -> dict[str, Schedule]:
+    """One per-step schedule per optimizer, peaking at the rate :func:`build_optimizers` gives
+    it (the GAN's generator and the image discriminator at ``adv_lr``, the rest at ``lr``)."""
+    peaks = {"main": config.adv_lr if model.entry.kind == "gan" else config.lr,
+             "x_disc": config.adv_lr, "z_disc": config.lr}
+    return {name: Schedule(config.schedule_kind, peak_lr=peaks[name])
+            for name in build_optimizers(model, config)}
 
 
 def _train_and_measure(
@@ -848,8 +1287,10 @@ def _train_and_measure(
     traj_seed = _stable_seed("trajectory", experiment, ctx.seed)
     for module in model.modules().values():
         module.eval()
-    start = {"model": name, "epoch": 0, **_trajectory_point(model, data, cfg, ctx.device,
-                                                            traj_seed)}
+    tags = {"model": name, "row": entry.row, "replicate": entry.replicate, "kind": entry.kind}
+    with isolated_rng(ctx.device):
+        start = {**tags, "epoch": 0, **_trajectory_point(model, data, cfg, ctx.device,
+                                                         traj_seed)}
     optimizers = build_optimizers(model, cfg)
     fns: dict[str, Any]
     if len(optimizers) > 1:
@@ -867,8 +1308,9 @@ def _train_and_measure(
         optimizers if len(optimizers) > 1 else optimizers["main"],
         (data.train,),
         batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
+        epochs=cfg.adv_epochs if entry.adversarial else cfg.epochs,
         seed=model_seed,
+        schedule=_schedules(model, cfg),
         device=ctx.device,
         checkpoint_path=ckpt_dir / f"{name}.pt",
         checkpoint_every_steps=cfg.checkpoint_every_steps,
@@ -892,7 +1334,7 @@ def _train_and_measure(
     measured["train_seconds"] = train_seconds
     measured["measure_seconds"] = time.perf_counter() - t0
     result = {
-        "history": [start] + [{"model": name, **row} for row in history],
+        "history": [start] + [{**tags, **row} for row in history],
         "measured": measured,
         "novelty": novelty,
         "pictures": pictures,
@@ -932,6 +1374,96 @@ def load_images_artifact(result_path: Path, metrics: Mapping[str, Any],
             for i, name in enumerate(rows)}
 
 
+def estimator_checks(data: _Data, config: GlassesConfig, seed: int) -> dict[str, Any]:
+    """The B and D estimators on cases whose answer is known, with the same settings and
+    repeats as the models' estimates.
+
+    D (principal-component features of test images, ``n_divergence`` per set, disjoint draws):
+    data against data (KL = 0); data against a half-and-half mixture of data and uniform-noise
+    images (the supports are disjoint, so KL(p ‖ ½p + ½r) = ln 2 exactly); data against noise
+    (KL = ∞: the estimate should be the largest). B (codes of dimension ``latent_dim``): N(0, I)
+    against N(0, I) (KL = 0, MMD² = 0) and against N(m, I) with ‖m‖²/2 = 1 nat.
+    """
+    n, d_lat = config.n_divergence, config.latent_dim
+    image_shape = data.test.shape[1:]
+
+    def halves(g: torch.Generator) -> tuple[Tensor, Tensor]:
+        perm = torch.randperm(data.test.shape[0], generator=g)
+        k = min(n, data.test.shape[0] // 2)
+        return data.test[perm[:k]], data.test[perm[k:2 * k]]
+
+    def noise(k: int, g: torch.Generator) -> Tensor:
+        return torch.rand(k, *image_shape, generator=g)
+
+    def same(_: Tensor, __: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        a, b = halves(g)
+        return data.features(a), data.features(b)
+
+    def mixture(_: Tensor, __: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        a, b = halves(g)
+        k = b.shape[0] // 2
+        mixed = torch.cat([b[:k], noise(b.shape[0] - k, g)])
+        return data.features(a), data.features(mixed)
+
+    def pure(_: Tensor, __: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        a, _b = halves(g)
+        return data.features(a), data.features(noise(a.shape[0], g))
+
+    shift = torch.zeros(d_lat)
+    shift[0] = math.sqrt(2.0 * B_SHIFT_NATS)
+
+    def prior_pair(offset: Tensor) -> Callable[[Tensor, Tensor, torch.Generator],
+                                               tuple[Tensor, Tensor]]:
+        def draw(_: Tensor, __: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+            return torch.randn(n, d_lat, generator=g), torch.randn(n, d_lat, generator=g) + offset
+        return draw
+
+    empty = torch.empty(0)
+    d_cases = {
+        "data vs data": (same, 0.0),
+        "data vs ½ data + ½ noise": (mixture, LN2),
+        "data vs noise": (pure, None),
+    }
+    out: dict[str, Any] = {"D": {"cases": {}, "known_values": []},
+                           "B": {"cases": {}, "known_values": []}}
+    for k, (case, (draw, truth)) in enumerate(d_cases.items()):
+        stats = repeated_divergences(empty, empty, config, _stable_seed(seed, "D-check", k),
+                                     draw=draw)
+        out["D"]["cases"][case] = {"truth_nats": truth, **stats}
+        if truth is not None:
+            out["D"]["known_values"].append(_known_value_check(case, stats, truth))
+    means = [out["D"]["cases"][c]["kl_nats"] for c in d_cases]
+    cis = [out["D"]["cases"][c]["kl_nats_ci95"] for c in d_cases]
+    ordered = all(b > a for a, b in zip(means[:-1], means[1:], strict=True))
+    disjoint = all(ci_a is not None and ci_b is not None and ci_a[1] < ci_b[0]
+                   for ci_a, ci_b in zip(cis[:-1], cis[1:], strict=True))
+    out["D"]["ranking"] = {"order": list(d_cases), "means": means,
+                           "holds": bool(ordered and disjoint)}
+    b_cases = {"N(0, I) vs N(0, I)": (torch.zeros(d_lat), 0.0),
+               f"N(0, I) vs N(m, I), ‖m‖²/2 = {B_SHIFT_NATS:g}": (shift, B_SHIFT_NATS)}
+    for k, (case, (offset, truth)) in enumerate(b_cases.items()):
+        stats = repeated_divergences(empty, empty, config, _stable_seed(seed, "B-check", k),
+                                     draw=prior_pair(offset), mmd=True)
+        out["B"]["cases"][case] = {"truth_nats": truth, **stats}
+        out["B"]["known_values"].append(_known_value_check(case, stats, truth))
+    return out
+
+
+def _estimator_checks_cached(ctx: _Context, experiment: str, data: _Data) -> dict[str, Any]:
+    path = ctx.checkpoint_dir(experiment) / "estimator_checks.done"
+    fingerprint = ctx.fingerprint(experiment, part="estimator_checks")
+    if ctx.resume and path.exists():
+        try:
+            return load_checkpoint(path, fingerprint=fingerprint)
+        except CheckpointError:
+            pass
+    with isolated_rng(ctx.device):
+        result = estimator_checks(data, ctx.config, _stable_seed("estimators", experiment,
+                                                                  ctx.seed))
+    save_checkpoint(path, result, fingerprint=fingerprint)
+    return result
+
+
 def _run_experiment(ctx: _Context, experiment: str) -> Path:
     cfg = ctx.config
     data = ctx.get_data(experiment)
@@ -949,22 +1481,33 @@ def _run_experiment(ctx: _Context, experiment: str) -> Path:
             rec.history.extend(result["history"])
             models[entry.name] = result["measured"]
             novelty[entry.name] = result["novelty"]
-            rows += [_tile_row(result["pictures"][0]), _tile_row(result["pictures"][1])]
-            row_names += [f"{entry.name}/recon", f"{entry.name}/samples"]
+            if entry.replicate == 0:  # the pictures of the first replicate
+                rows += [_tile_row(result["pictures"][0]), _tile_row(result["pictures"][1])]
+                row_names += [f"{entry.row}/recon", f"{entry.row}/samples"]
         test = data.test[: cfg.n_eval].reshape(min(cfg.n_eval, data.test.shape[0]), -1)
         c_max = bernoulli_log_prob(test, torch.logit(test.clamp(1e-6, 1 - 1e-6)))
+        rows_0 = [e for e in entries if e.replicate == 0]
         rec.metrics.update({
             "dataset": experiment,
             "novelty_out_dataset": OTHER_DATASET[experiment],
             "models": models,
-            "beta_sweep": [e.name for e in entries if e.kind == "beta_vae"],
-            "compression_sweep": [e.name for e in entries if e.kind == "shannon_ae"],
+            "table": aggregate_rows(models),
+            "replicates": cfg.replicates,
+            "beta_sweep": [e.row for e in rows_0 if e.kind == "beta_vae"],
+            "compression_sweep": [e.row for e in rows_0 if e.kind == "shannon_ae"],
             "novelty": novelty,
+            "novelty_choice": _novelty_choice(novelty, models),
             "test_C_max_nats": float(c_max.mean()),
             "n_train": int(data.train.shape[0]),
+            "n_val": int(data.val.shape[0]),
             "image_rows": row_names,
+            "estimator_checks": _estimator_checks_cached(ctx, experiment, data),
+            "sample_score_settling": sample_score_settling(rec.history, cfg),
+            "settle_fraction": cfg.settle_fraction,
+            "settle_tolerance": cfg.settle_tolerance,
+            "latent_disc_last_loss": _last_disc_loss(rec.history),
         })
-        rec.metrics["bars"] = check_bars(rec.metrics)
+        rec.metrics["checks"] = reproduction_checks(rec.metrics)
         assert rec.path is not None
         rec.save_artifact("images", _png_bytes(np.concatenate(rows, axis=0)), "png")
     return rec.path
@@ -976,14 +1519,24 @@ def make_context(**run_args: Any) -> _Context:
 
 
 def plan(ctx: _Context, experiments: Sequence[str]) -> list[Task]:
-    """One task per model of each experiment's zoo."""
-    return [Task(f"{name}/{entry.name}", (name,), (name, entry))
-            for name in experiments for entry in zoo(ctx.config, name)]
+    """One task per model (and replicate) of each experiment's zoo, the slowest (adversarial)
+    models first so that two workers finish together, and one task per experiment for the
+    estimators' known cases."""
+    tasks = []
+    for name in experiments:
+        entries = sorted(zoo(ctx.config, name), key=lambda e: not e.adversarial)
+        tasks += [Task(f"{name}/{entry.name}", (name,), (name, entry)) for entry in entries]
+    tasks += [Task(f"{name}/estimator_checks", (name,), (name, None)) for name in experiments]
+    return tasks
 
 
 def run_task(ctx: _Context, task: Task) -> None:
     experiment, entry = task.spec
-    _train_and_measure(ctx, experiment, entry, ctx.get_data(experiment))
+    data = ctx.get_data(experiment)
+    if entry is None:
+        _estimator_checks_cached(ctx, experiment, data)
+    else:
+        _train_and_measure(ctx, experiment, entry, data)
 
 
 def assemble(ctx: _Context, experiment: str) -> Path:

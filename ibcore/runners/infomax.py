@@ -108,6 +108,7 @@ from ibcore.probes import (
 )
 from ibcore.profiles import as_dict
 from ibcore.projection import pca_2d
+from ibcore.replicates import aggregate_rows, paired_difference
 from ibcore.results import RunRecorder, read_artifact
 from ibcore.runners.context import RunContext, prepare_run
 from ibcore.schedules import Schedule
@@ -1114,55 +1115,6 @@ def _evaluate_all(ctx: _Context, experiment: str, rec: RunRecorder
     if earlier > 1.0:
         rec.add_elapsed(earlier)
     return out
-
-
-def _numeric_keys(row: dict[str, Any]) -> list[str]:
-    return [k for k, v in row.items() if k.startswith(("test_", "val_", "train_"))
-            and isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None]
-
-
-def aggregate_rows(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per table row: every numeric metric's mean, sample std and values over the replicates
-    (``{"row": {"label", "seeds", "metrics": {key: {"mean", "std", "n", "values"}}}}``)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in models.values():
-        groups.setdefault(row["row"], []).append(row)
-    out: dict[str, dict[str, Any]] = {}
-    for name, rows in groups.items():
-        rows = sorted(rows, key=lambda r: r["replicate"])
-        stats = {}
-        for key in _numeric_keys(rows[0]):
-            values = [float(r[key]) for r in rows]
-            mean = sum(values) / len(values)
-            std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-                   if len(values) > 1 else None)
-            stats[key] = {"mean": mean, "std": std, "n": len(values), "values": values}
-        out[name] = {"label": rows[0]["label"], "seeds": [r["replicate"] for r in rows],
-                     "metrics": stats}
-    return out
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """Mean of the replicate-paired differences ``a_r − b_r`` with a two-sided 95 % Student-t
-    interval (``n − 1`` degrees of freedom; none for a single pair) and the verdict it gives on
-    "a > b": ``supported`` (interval above 0), ``contradicted`` (below 0) or ``undecided``."""
-    from scipy.stats import t as student_t
-
-    if len(a) != len(b) or not a:
-        raise InvalidParameterError("paired differences need the same, non-zero number of "
-                                    f"replicates, got {len(a)} and {len(b)}")
-    d = [x - y for x, y in zip(a, b, strict=True)]
-    n = len(d)
-    mean = sum(d) / n
-    if n < 2:
-        return {"mean": mean, "n": n, "differences": d, "interval_95": None,
-                "verdict": "undecided"}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1))
-    half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    lo, hi = mean - half, mean + half
-    verdict = "supported" if lo > 0 else "contradicted" if hi < 0 else "undecided"
-    return {"mean": mean, "n": n, "differences": d, "std": sd, "interval_95": [lo, hi],
-            "verdict": verdict}
 
 
 BAR_OVER_AUTOENCODER_POINTS = 2.0
