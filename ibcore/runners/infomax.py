@@ -1212,16 +1212,24 @@ def _run_probes(ctx: _Context) -> Path:
     return rec.path
 
 
+def _runs_with_history(ctx: _Context, experiment: str, rec: RunRecorder,
+                       history_extra: Callable[[ModelSpec], dict[str, Any]]
+                       ) -> list[dict[str, Any]]:
+    """Evaluate an experiment's models, add their per-epoch rows (with ``history_extra`` of
+    their spec) to the history and return one result row per model."""
+    models = _evaluate_all(ctx, experiment, rec)
+    n_fit = int(ctx.get_data().train_x.shape[0])
+    for name, (spec, ev) in models.items():
+        for h in ev.get("history", []):
+            rec.history.append({"model": name, "label": spec.label, **history_extra(spec), **h})
+    return [_model_row(name, spec, ev, _needs(ctx.config, experiment), n_fit)
+            for name, (spec, ev) in models.items()]
+
+
 def _run_negatives(ctx: _Context) -> Path:
     with ctx.recorder("negatives") as rec:
-        models = _evaluate_all(ctx, "negatives", rec)
-        n_fit = int(ctx.get_data().train_x.shape[0])
-        runs = [_model_row(name, spec, ev, _needs(ctx.config, "negatives"), n_fit)
-                for name, (spec, ev) in models.items()]
-        for name, (spec, ev) in models.items():
-            for h in ev.get("history", []):
-                rec.history.append({"model": name, "label": spec.label,
-                                    "batch_size": spec.batch_size, **h})
+        runs = _runs_with_history(ctx, "negatives", rec,
+                                  lambda spec: {"batch_size": spec.batch_size})
         rec.metrics.update({"dataset": ctx.config.dataset, "runs": runs})
     assert rec.path is not None
     return rec.path
@@ -1255,13 +1263,7 @@ def _run_tradeoff(ctx: _Context) -> Path:
 
 def _run_occlusion(ctx: _Context) -> Path:
     with ctx.recorder("occlusion") as rec:
-        models = _evaluate_all(ctx, "occlusion", rec)
-        n_fit = int(ctx.get_data().train_x.shape[0])
-        runs = [_model_row(name, spec, ev, _needs(ctx.config, "occlusion"), n_fit)
-                for name, (spec, ev) in models.items()]
-        for name, (spec, ev) in models.items():
-            for h in ev.get("history", []):
-                rec.history.append({"model": name, "label": spec.label, **h})
+        runs = _runs_with_history(ctx, "occlusion", rec, lambda spec: {})
         rec.metrics.update({
             "dataset": ctx.config.dataset, "runs": runs,
             "occlusion_fraction": ctx.config.occlusion_fraction,
