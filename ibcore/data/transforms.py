@@ -33,3 +33,32 @@ def subset(images: Tensor, labels: Tensor, n: int | None, generator: torch.Gener
         return images, labels
     idx = torch.randperm(images.shape[0], generator=generator)[:n]
     return images[idx], labels[idx]
+
+
+def random_shift_flip(images: Tensor, pad: int, *, flip: bool = True,
+                      generator: torch.Generator | None = None) -> Tensor:
+    """The standard small-image augmentation: zero-pad ``[N, C, H, W]`` images by ``pad`` pixels,
+    cut a random ``H × W`` window from each (a shift of up to ``pad`` pixels in each direction)
+    and, with ``flip``, mirror each left–right with probability ½.
+
+    Shifts and flips are drawn per image from ``generator`` (CPU) or the global generator, so a
+    training loop that checkpoints the global RNG resumes with the same augmentations.
+    """
+    if images.dim() != 4:
+        raise ShapeError(f"expected [N, C, H, W] images, got shape {tuple(images.shape)}")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ShapeError(f"pad must be an integer >= 0, got {pad!r}")
+    n, _, h, w = images.shape
+    out = images
+    if pad > 0:
+        padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
+        rows = (dy[:, None] + torch.arange(h, device=images.device))[:, :, None]  # [N, H, 1]
+        cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, :]  # [N, 1, W]
+        batch = torch.arange(n, device=images.device)[:, None, None]
+        out = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # [N, C, H, W]
+    if flip:
+        mirrored = torch.rand(n, generator=generator).to(images.device) < 0.5
+        out = torch.where(mirrored[:, None, None, None], out.flip(-1), out)
+    return out.contiguous()
