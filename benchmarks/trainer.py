@@ -78,7 +78,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ibcore.data import to_unit_float
+from ibcore.data import random_shift_flip, to_unit_float
 from ibcore.training import Trainer, epoch_permutation
 
 GOAL_TRAINER_OVER_BARE = 1.05
@@ -231,11 +231,12 @@ def _entropy_ib(steps: int, batch: int | None, cl: bool, gen: torch.Generator) -
     modules = _finish(r._build(cfg, shapes, spec, gen), cl)  # type: ignore[arg-type]
     enc = modules["encoder"]
     params = [p for m in modules.values() for p in m.parameters()]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = r.build_optimizer(cfg, params)
 
     def step_fn(batch: tuple[Tensor, ...], step: int) -> dict[str, Tensor]:
         # the runner's step for an IB model (ibcore.runners.entropy_ib._train)
-        xb, yb = _to_cl(to_unit_float(batch[0]), cl), batch[1]
+        x = random_shift_flip(to_unit_float(batch[0]), cfg.augment_pad, flip=cfg.augment_flip)
+        xb, yb = _to_cl(x, cl), batch[1]
         terms = entropy_ib_loss(enc(xb), yb, float(spec.beta2), noise=spec.noise, k=cfg.k,
                                 small_classes="skip")
         loss = terms["loss"]

@@ -136,6 +136,16 @@ class ReproductionCheck:
             raise InvalidParameterError(f"holds must be True, False or None, not {self.holds!r}")
 
 
+def paired_difference_text(d: Mapping[str, Any], unit: str = "points") -> str:
+    """Words for a replicate-paired difference of :func:`ibcore.replicates.paired_difference`:
+    the per-seed differences, the 95 % interval and its verdict on "greater than 0"."""
+    seeds = ", ".join(f"{v:+.1f}" for v in d["differences"])
+    if d.get("interval_95") is None:
+        return f"one seed ({seeds}): no interval"
+    lo, hi = d["interval_95"]
+    return f"per seed {seeds}; paired 95 % interval [{lo:+.1f}, {hi:+.1f}] {unit}: {d['verdict']}"
+
+
 _VERDICT = {True: "holds", False: "**does not hold**", None: "not decided"}
 
 

@@ -1,4 +1,5 @@
-"""Entropy-estimator IB chapter: objective, models, GMM decoder, FGSM, data and the runner."""
+"""Entropy-estimator IB chapter: objective, models, GMM decoder, attacks, augmentation, data and
+the runner."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 from test_infrastructure import write_cifar10_standin
 
 from ibcore import training
-from ibcore.adversarial import fgsm, fgsm_accuracy
+from ibcore.adversarial import fgsm, fgsm_accuracy, pgd, pgd_accuracy
+from ibcore.data import random_shift_flip
 from ibcore.decoders import fit_gaussian_mixture
 from ibcore.errors import InvalidParameterError, ShapeError, UnknownNameError
 from ibcore.estimators.knn_entropy import (
@@ -247,6 +249,92 @@ def test_fgsm_on_a_linear_model_matches_closed_form() -> None:
         fgsm(lin, x, y[:3], 0.1)
 
 
+def _linear(seed: int = 0) -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lin = torch.nn.Linear(6, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(3, 6, generator=g))
+        lin.bias.copy_(torch.randn(3, generator=g))
+    x = torch.rand(64, 6, generator=g, dtype=torch.float32)
+    y = lin(x).argmax(1).detach()  # every clean point classified correctly
+    return lin, x, y
+
+
+def test_pgd_with_one_full_step_and_no_random_start_is_fgsm() -> None:
+    lin, x, y = _linear()
+    for eps in (0.05, 0.3):
+        assert torch.allclose(pgd(lin, x, y, eps, steps=1, step_size=eps, random_start=False),
+                              fgsm(lin, x, y, eps))
+
+
+def test_pgd_stays_in_the_ball_and_the_pixel_range() -> None:
+    lin, x, y = _linear(1)
+    eps = 0.2
+    adv = pgd(lin, x, y, eps, steps=7, generator=torch.Generator().manual_seed(0))
+    assert float((adv - x).abs().max()) <= eps + 1e-6
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    # the random start is drawn from the generator: same seed, same attack
+    again = pgd(lin, x, y, eps, steps=7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(adv, again)
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm_on_a_smooth_model() -> None:
+    """On a 2-layer network, 20 PGD steps of size 2.5ε/20 find at least as many errors as FGSM
+    (the loss is not linear, so one step is not optimal); ε = 0 is the clean accuracy."""
+    g = torch.Generator().manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3))
+    for prm in net.parameters():
+        with torch.no_grad():
+            prm.copy_(torch.randn(prm.shape, generator=g) * 2)
+    x = torch.rand(400, 6, generator=g)
+    y = net(x).argmax(1).detach()
+    f = fgsm_accuracy(net, x, y, [0.0, 0.05, 0.1])
+    p = pgd_accuracy(net, x, y, [0.0, 0.05, 0.1], steps=20,
+                     generator=torch.Generator().manual_seed(0))
+    assert f[0] == p[0] == 1.0
+    assert p[1] <= f[1] and p[2] <= f[2] and p[2] < 1.0
+
+
+def test_pgd_bad_inputs() -> None:
+    lin, x, y = _linear()
+    with pytest.raises(InvalidParameterError):
+        pgd(lin, x, y, -0.1)
+    with pytest.raises(InvalidParameterError):
+        pgd(lin, x, y, 0.1, steps=0)
+    with pytest.raises(InvalidParameterError):
+        pgd(lin, x, y, 0.1, clip=(1.0, 0.0))
+    with pytest.raises(ShapeError):
+        pgd(lin, x, y[:3], 0.1)
+    with pytest.raises(InvalidParameterError):
+        pgd_accuracy(lin, x, y, [0.1], step_size_factor=0.0)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def test_shift_flip_windows_are_shifted_copies_of_the_padded_image() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(50, 2, 7, 5, generator=g)
+    out = random_shift_flip(x, 2, flip=True, generator=torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    padded = F.pad(x, (2, 2, 2, 2))
+    for i in range(50):
+        windows = [padded[i, :, a : a + 7, b : b + 5] for a in range(5) for b in range(5)]
+        windows += [w.flip(-1) for w in windows]
+        assert any(torch.equal(out[i], w) for w in windows), i
+    # some images moved, some were mirrored; pad 0 without flips is the identity
+    assert not torch.equal(out, x)
+    assert torch.equal(random_shift_flip(x, 0, flip=False), x)
+    mirrored = random_shift_flip(x, 0, flip=True, generator=torch.Generator().manual_seed(2))
+    flipped = [torch.equal(mirrored[i], x[i].flip(-1)) for i in range(50)]
+    assert all(f or torch.equal(mirrored[i], x[i]) for i, f in enumerate(flipped))
+    assert 10 < sum(flipped) < 40
+    with pytest.raises(ShapeError):
+        random_shift_flip(x[0], 2)
+    with pytest.raises(ShapeError):
+        random_shift_flip(x, -1)
+
+
 # --------------------------------------------------------------------------- runner
 
 
@@ -254,18 +342,25 @@ def test_configs_and_specs() -> None:
     assert set(runner.PROFILES) == {"smoke", "cpu", "paper"}
     paper, cpu = runner.PROFILES["paper"], runner.PROFILES["cpu"]
     assert paper.dataset == "cifar10" and paper.latent_dim == 256 and paper.epochs == 150
-    assert paper.lr == 5e-4 and paper.lr_factor == pytest.approx(math.sqrt(0.1))
-    assert paper.plateau_patience == 10 and paper.resfc_width == 1024
+    assert paper.optimizer == "adam" and paper.lr == 5e-4 and paper.resfc_width == 1024
     assert paper.resfc_blocks == 5 and paper.widths == (64, 128, 256, 512)
-    assert len(cpu.betas) >= 4 and all(0 < b < 1 for b in cpu.betas)
+    assert cpu.replicates >= 2 and cpu.train_subset >= 30000 and cpu.val_subset > 0
+    assert cpu.schedule.kind == "one_cycle" and cpu.pgd_steps >= 10 and len(cpu.pgd_epsilons) >= 2
+    assert len(cpu.betas) >= 3 and all(0 < b < 1 for b in cpu.betas)
     specs = runner.model_specs(cpu)
-    assert {"ce", "ce-dropout"} <= set(specs)
-    assert sum(s.kind == "ib" and s.noise for s in specs.values()) == len(cpu.betas)
-    assert sum(s.kind == "ib" and not s.noise for s in specs.values()) == len(cpu.betas)
-    with pytest.raises(InvalidParameterError):
-        dataclasses.replace(cpu, fgsm_epsilon=0.123)
-    with pytest.raises(InvalidParameterError):
-        dataclasses.replace(cpu, betas=(0.5, 1.0))
+    per_rep = 2 + len(cpu.betas) + len(cpu.nonoise_betas)
+    assert len(specs) == cpu.replicates * per_rep
+    assert {"ce", "ce-dropout", "ce-r1", "ib-b0p2-noise-r2", "ib-b0p2-nonoise"} <= set(specs)
+    assert specs["ib-b0p2-noise-r2"].row == "ib-b0p2-noise"
+    assert runner.decoders_of(specs["ce"]) == ("head", "gmm")
+    assert runner.decoders_of(specs["ib-b0p2-noise"]) == ("gmm", "resfc")
+    for bad in ({"betas": (0.5, 1.0)}, {"pgd_epsilons": ()}, {"pgd_epsilons": (0.0, 0.1)},
+                {"momentum": 1.0}, {"warmup_fraction": 1.0}):
+        with pytest.raises(InvalidParameterError):
+            dataclasses.replace(cpu, **bad)
+    for bad in ({"optimizer": "rmsprop"}, {"schedule_kind": "step"}):
+        with pytest.raises(UnknownNameError):
+            dataclasses.replace(cpu, **bad)
     with pytest.raises(UnknownNameError):
         runner.run("huge")
     with pytest.raises(UnknownNameError):
@@ -279,16 +374,18 @@ def test_plane_point_of_separated_classes() -> None:
     z = torch.randn(200, 2, generator=g) * 0.3 + 5.0 * y[:, None].float()
     cfg = dataclasses.replace(runner.PROFILES["smoke"], plane_steps=200, plane_width=16)
     pt = runner.plane_point(z, y, cfg, 2, g, torch.device("cpu"))
-    assert 0.0 <= pt["test_h_y_given_z_bound_nats"] < 0.05
-    assert pt["test_h_z_nats"] == pytest.approx(float(knn_entropy(z.double())), abs=1e-9)
+    assert 0.0 <= pt["h_y_given_z_bound_nats"] < 0.05
+    assert pt["h_z_nats"] == pytest.approx(float(knn_entropy(z.double())), abs=1e-9)
 
 
 def test_paper_profile_on_cifar10_standin(tmp_path: Path) -> None:
     """The paper configuration (ResNet18, K = 256, ResFC 1024×5) on stand-in CIFAR-10."""
     write_cifar10_standin(tmp_path, n_per_batch=8)
-    cfg = dataclasses.replace(runner.PROFILES["paper"], train_subset=24, test_subset=8)
+    cfg = dataclasses.replace(runner.PROFILES["paper"], train_subset=24, val_subset=6,
+                              test_subset=8)
     data = runner.load_data(cfg, seed=0, root=tmp_path, verify_checksums=False)
     assert data.train_x.shape == (24, 3, 32, 32) and data.train_x.dtype == torch.uint8
+    assert data.val_x.shape == (6, 3, 32, 32)
     assert data.test_x.shape == (8, 3, 32, 32) and data.channels == 3
     spec = runner.ModelSpec("ib", 0.5, True)
     mods = runner._build(cfg, data, spec, torch.Generator().manual_seed(0))
@@ -324,20 +421,33 @@ def test_smoke_run_writes_results_and_resume_skips(tmp_path: Path, fashion_data:
     cfg = runner.PROFILES["smoke"]
     assert set(m["models"]) == set(runner.model_specs(cfg))
     for key, row in m["models"].items():
-        assert 0.0 <= row["test_accuracy"] <= 1.0
-        assert len(row["test_fgsm_accuracy"]) == len(cfg.fgsm_epsilons)
+        assert 0.0 <= row["test_accuracy"] <= 1.0 and 0.0 <= row["val_accuracy"] <= 1.0
+        spec = runner.model_specs(cfg)[key]
+        decs = runner.decoders_of(spec)
+        assert row["decoder"] in decs and row["row"] == spec.row
+        assert row["val_accuracy"] == max(row[f"val_accuracy_{d}"] for d in decs)
+        for d in decs:
+            assert len(row[f"test_fgsm_accuracy_{d}"]) == len(cfg.fgsm_epsilons)
+            assert len(row[f"test_pgd_accuracy_{d}"]) == len(cfg.pgd_epsilons)
         if row["kind"] == "ib":
-            assert {"test_accuracy_gmm", "test_accuracy_resfc", "best_epoch"} <= set(row)
             plane = m["planes"][key]
             assert plane["epoch"] == list(range(1, cfg.epochs + 1))
-            assert all(math.isfinite(v) for v in plane["test_h_z_nats"])
-        else:
-            assert "test_accuracy_head" in row
+            assert all(math.isfinite(v) for v in plane["val_h_z_nats"])
+        assert "val_accuracy_last_epoch_change_points" in row
         assert len(m["pca"][key]["coords"]) == cfg.pca_points
-    assert {"margin_best_ib_minus_ce_points", "bar_fgsm_above_ce_met",
-            "bar_both_trajectories_met"} <= set(m["bars"])
+    assert m["seeds"] == list(range(cfg.replicates))
+    assert set(m["table"]) == {s.row for s in runner.model_specs(cfg).values()}
+    comp = m["comparison"]
+    assert comp["best_ib_row"] in m["table"] and comp["seeds"] == m["seeds"]
+    assert "interval_95" in comp["test_accuracy_best_ib_minus_ce_points"]
+    assert [e["epsilon"] for e in comp["pgd"]] == list(cfg.pgd_epsilons)
+    assert set(comp["pgd"][0]["pairs"]) == {"ib_gmm_minus_ce_head", "ib_gmm_minus_ce_gmm",
+                                            "ib_resfc_minus_ce_head", "ib_resfc_minus_ce_gmm"}
+    assert m["convergence"]["models"] >= 1
     hist = [h for h in rec["history"] if h["model"] == "ib-b0p2-noise"]
-    assert {"train_loss", "train_h_z_nats", "test_h_y_given_z_bound_nats"} <= set(hist[0])
+    assert {"train_loss", "train_h_z_nats", "val_h_y_given_z_bound_nats",
+            "val_accuracy_gmm"} <= set(hist[0])
+    assert "val_accuracy_head" in [h for h in rec["history"] if h["model"] == "ce"][0]
     # --resume skips finished models (no training at all) and reproduces the metrics
     monkeypatch.setattr(runner, "_train", lambda *a, **k: pytest.fail("retrained a model"))
     again = runner.run("smoke", device="cpu", results_root=root, progress=False, resume=True)

@@ -76,3 +76,16 @@ def test_bad_checks_raise() -> None:
         checks_table([])
     with pytest.raises(InvalidParameterError):
         checks_summary([])
+
+
+def test_paired_difference_text_gives_seeds_interval_and_verdict() -> None:
+    from ibcore import report
+    from ibcore.replicates import paired_difference
+
+    text = report.paired_difference_text(paired_difference([3.0, 4.0, 5.0], [1.0, 1.5, 2.0]))
+    assert text.startswith("per seed +2.0, +2.5, +3.0; paired 95 % interval [+")
+    assert text.endswith("points: supported")
+    one = report.paired_difference_text(paired_difference([1.0], [2.0]), unit="nats")
+    assert one == "one seed (-1.0): no interval"
+    assert "undecided" in report.paired_difference_text(paired_difference([1.0, -1.0],
+                                                                           [0.0, 0.0]))
