@@ -352,13 +352,22 @@ def test_configs_and_specs() -> None:
     assert len(specs) == cpu.replicates * per_rep
     assert {"ce", "ce-dropout", "ce-r1", "ib-b0p2-noise-r2", "ib-b0p2-nonoise"} <= set(specs)
     assert specs["ib-b0p2-noise-r2"].row == "ib-b0p2-noise"
+    abl = runner.experiment_specs(cpu, "optimizer")
+    assert set(abl) == {f"{row}{'-r' + str(r) if r else ''}" for r in range(cpu.replicates)
+                        for row in ("ce-adam", "ib-b0p05-noise-adam")}
+    assert cpu.optimizer_of(abl["ce-adam"]) == ("adam", cpu.ablation_lr)
+    assert cpu.optimizer_of(specs["ce"]) == ("sgd", cpu.lr)
+    assert abl["ib-b0p05-noise-adam-r1"].label == "IB β''=0.05 (Adam)"
+    assert isinstance(runner.build_optimizer(cpu, list(torch.nn.Linear(2, 2).parameters()),
+                                             abl["ce-adam"]), torch.optim.AdamW)
     assert runner.decoders_of(specs["ce"]) == ("head", "gmm")
     assert runner.decoders_of(specs["ib-b0p2-noise"]) == ("gmm", "resfc")
     for bad in ({"betas": (0.5, 1.0)}, {"pgd_epsilons": ()}, {"pgd_epsilons": (0.0, 0.1)},
                 {"momentum": 1.0}, {"warmup_fraction": 1.0}):
         with pytest.raises(InvalidParameterError):
             dataclasses.replace(cpu, **bad)
-    for bad in ({"optimizer": "rmsprop"}, {"schedule_kind": "step"}):
+    for bad in ({"optimizer": "rmsprop"}, {"ablation_optimizer": "lbfgs"},
+                {"schedule_kind": "step"}):
         with pytest.raises(UnknownNameError):
             dataclasses.replace(cpu, **bad)
     with pytest.raises(UnknownNameError):
@@ -415,7 +424,7 @@ def test_smoke_run_writes_results_and_resume_skips(tmp_path: Path, fashion_data:
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "results"
     out = runner.run("smoke", device="cpu", results_root=root, progress=False)
-    assert set(out) == {"sweep"}
+    assert set(out) == {"sweep", "optimizer"}
     rec = json.loads(out["sweep"].read_text())
     m = rec["metrics"]
     cfg = runner.PROFILES["smoke"]
@@ -448,6 +457,10 @@ def test_smoke_run_writes_results_and_resume_skips(tmp_path: Path, fashion_data:
     assert {"train_loss", "train_h_z_nats", "val_h_y_given_z_bound_nats",
             "val_accuracy_gmm"} <= set(hist[0])
     assert "val_accuracy_head" in [h for h in rec["history"] if h["model"] == "ce"][0]
+    abl = json.loads(out["optimizer"].read_text())["metrics"]
+    assert set(abl["models"]) == set(runner.experiment_specs(cfg, "optimizer"))
+    assert abl["optimizer"] == cfg.ablation_optimizer and abl["seeds"] == m["seeds"]
+    assert len(abl["test_accuracy_ib_minus_ce_points"]["differences"]) == cfg.replicates
     # --resume skips finished models (no training at all) and reproduces the metrics
     monkeypatch.setattr(runner, "_train", lambda *a, **k: pytest.fail("retrained a model"))
     again = runner.run("smoke", device="cpu", results_root=root, progress=False, resume=True)

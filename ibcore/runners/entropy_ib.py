@@ -86,7 +86,7 @@ from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
 
 CHAPTER = "entropy_ib"
-EXPERIMENTS = ("sweep",)
+EXPERIMENTS = ("sweep", "optimizer")
 KINDS = ("ce", "ce_dropout", "ib")
 
 __all__ = [
@@ -100,6 +100,7 @@ __all__ = [
     "curve_key",
     "decoders_of",
     "encode",
+    "experiment_specs",
     "fit_resfc",
     "load_data",
     "model_specs",
@@ -143,6 +144,11 @@ class EntropyIBConfig:
     augment_flip: bool = True
     replicates: int = 3
     checkpoint_every_steps: int = 50
+    # the ``optimizer`` experiment: cross-entropy and the first β'' with noise trained again with
+    # this optimiser (same schedule shape, augmentation and epochs), to see whether the gap
+    # between the objectives is the optimiser's
+    ablation_optimizer: str = "adam"
+    ablation_lr: float = 3e-3
     # objectives
     k: int = 1
     betas: tuple[float, ...] = (0.05, 0.2, 0.5)
@@ -181,10 +187,10 @@ class EntropyIBConfig:
             raise UnknownNameError(
                 f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
             )
-        if self.optimizer not in OPTIMIZERS:
-            raise UnknownNameError(
-                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
-            )
+        for name in ("optimizer", "ablation_optimizer"):
+            if getattr(self, name) not in OPTIMIZERS:
+                raise UnknownNameError(f"unknown {name} {getattr(self, name)!r}; choose one of "
+                                       f"{', '.join(OPTIMIZERS)}")
         for name in ("latent_dim", "epochs", "checkpoint_every_steps", "resfc_width",
                      "resfc_steps", "plane_width", "plane_steps", "pca_points", "replicates",
                      "pgd_steps"):
@@ -201,7 +207,7 @@ class EntropyIBConfig:
         check_int("k", self.k)
         if len(self.widths) != len(self.blocks) or not self.widths:
             raise InvalidParameterError("widths and blocks need one entry per encoder stage")
-        for name in ("lr", "resfc_lr", "gmm_ridge", "pgd_step_size_factor"):
+        for name in ("lr", "ablation_lr", "resfc_lr", "gmm_ridge", "pgd_step_size_factor"):
             check_weight(name, getattr(self, name), low=0.0, low_inclusive=False)
         check_weight("momentum", self.momentum, low=0.0, high=1.0, high_inclusive=False)
         check_weight("weight_decay", self.weight_decay)
@@ -220,6 +226,12 @@ class EntropyIBConfig:
     def schedule(self) -> Schedule:
         """The per-step learning-rate schedule every model trains with."""
         return Schedule(self.schedule_kind, peak_lr=self.lr, warmup_fraction=self.warmup_fraction)
+
+    def optimizer_of(self, spec: ModelSpec) -> tuple[str, float]:
+        """The optimiser and peak rate of a model: the profile's, or the ablation's."""
+        if spec.optimizer is None:
+            return self.optimizer, self.lr
+        return spec.optimizer, self.ablation_lr
 
     def training_view(self) -> dict[str, Any]:
         """The settings a trained encoder depends on (its checkpoint fingerprint)."""
@@ -324,8 +336,13 @@ class ModelSpec:
     beta2: float | None = None
     noise: bool = True
     replicate: int = 0
+    optimizer: str | None = None  # None: the profile's optimiser
 
     def __post_init__(self) -> None:
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise UnknownNameError(
+                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+            )
         if self.kind not in KINDS:
             raise UnknownNameError(f"unknown model kind {self.kind!r}; choose one of {KINDS}")
         if self.kind == "ib":
@@ -340,9 +357,11 @@ class ModelSpec:
     def row(self) -> str:
         """The table row the model belongs to (its key without the replicate), e.g.
         ``ib-b0p2-noise``."""
+        opt = f"-{self.optimizer}" if self.optimizer else ""
         if self.kind != "ib":
-            return self.kind.replace("_", "-")
-        return f"ib-b{self.beta2:g}".replace(".", "p") + ("-noise" if self.noise else "-nonoise")
+            return self.kind.replace("_", "-") + opt
+        return (f"ib-b{self.beta2:g}".replace(".", "p") + ("-noise" if self.noise else "-nonoise")
+                + opt)
 
     @property
     def key(self) -> str:
@@ -351,11 +370,13 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
+        opt = {None: "", "adam": ", Adam", "sgd": ", SGD"}[self.optimizer]
         if self.kind == "ce":
-            return "cross-entropy"
+            return "cross-entropy" + (f" ({opt[2:]})" if opt else "")
         if self.kind == "ce_dropout":
-            return "cross-entropy + dropout"
-        return f"IB β''={self.beta2:g}" + ("" if self.noise else " (no noise)")
+            return "cross-entropy + dropout" + (f" ({opt[2:]})" if opt else "")
+        notes = ("" if self.noise else "no noise") + opt
+        return f"IB β''={self.beta2:g}" + (f" ({notes.lstrip(', ')})" if notes else "")
 
 
 def model_specs(cfg: EntropyIBConfig) -> dict[str, ModelSpec]:
@@ -368,6 +389,21 @@ def model_specs(cfg: EntropyIBConfig) -> dict[str, ModelSpec]:
             specs.append(ModelSpec("ce_dropout", replicate=r))
         specs += [ModelSpec("ib", float(b), True, r) for b in cfg.betas]
         specs += [ModelSpec("ib", float(b), False, r) for b in cfg.nonoise_betas]
+    return {s.key: s for s in specs}
+
+
+def experiment_specs(cfg: EntropyIBConfig, experiment: str) -> dict[str, ModelSpec]:
+    """``{key: spec}`` of an experiment: ``sweep`` (:func:`model_specs`) or ``optimizer``
+    (cross-entropy and the first β'' with noise, trained with the ablation's optimiser)."""
+    if experiment == "sweep":
+        return model_specs(cfg)
+    if experiment != "optimizer":
+        raise UnknownNameError(f"unknown experiment {experiment!r}; choose from {EXPERIMENTS}")
+    specs = []
+    for r in range(cfg.replicates):
+        specs.append(ModelSpec("ce", replicate=r, optimizer=cfg.ablation_optimizer))
+        specs.append(ModelSpec("ib", float(cfg.betas[0]), True, r,
+                               optimizer=cfg.ablation_optimizer))
     return {s.key: s for s in specs}
 
 
@@ -556,12 +592,15 @@ def _build(cfg: EntropyIBConfig, data: _Data, spec: ModelSpec, gen: torch.Genera
     return modules
 
 
-def build_optimizer(cfg: EntropyIBConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """The profile's optimiser over ``params``; its rate is then set per step by the schedule."""
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+def build_optimizer(cfg: EntropyIBConfig, params: list[nn.Parameter],
+                    spec: ModelSpec | None = None) -> torch.optim.Optimizer:
+    """The optimiser of a model (the profile's, or the ablation's for a spec that names one)
+    over ``params``; its rate is then set per step by the schedule."""
+    name, lr = (cfg.optimizer, cfg.lr) if spec is None else cfg.optimizer_of(spec)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True,
                                weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
 def _fit_gmm(cfg: EntropyIBConfig, spec: ModelSpec, z: Tensor, y: Tensor, classes: int,
@@ -578,7 +617,7 @@ def _train(ctx: _Context, spec: ModelSpec, folder: Path) -> tuple[dict[str, nn.M
     modules = {k: m.to(dev) for k, m in _build(cfg, data, spec, torch.Generator()
                                                 .manual_seed(seed)).items()}
     params = [p for m in modules.values() for p in m.parameters()]
-    opt = build_optimizer(cfg, params)
+    opt = build_optimizer(cfg, params, spec)
     enc = modules["encoder"]
     plane_y = data.val_y[: cfg.plane_subset]
     fit_x = data.train_x[: cfg.epoch_fit_subset]
@@ -644,7 +683,7 @@ def _train(ctx: _Context, spec: ModelSpec, folder: Path) -> tuple[dict[str, nn.M
     trainer = Trainer(
         modules, opt, (data.train_x, data.train_y), batch_size=cfg.batch_size,
         epochs=cfg.epochs, seed=seed % 1_000_000, device=dev, step_fn=step_fn,
-        schedule=cfg.schedule,
+        schedule=dataclasses.replace(cfg.schedule, peak_lr=cfg.optimizer_of(spec)[1]),
         checkpoint_path=folder / f"{spec.key}.pt",
         checkpoint_every_steps=cfg.checkpoint_every_steps,
         fingerprint=fingerprint_of({"chapter": CHAPTER, "seed": ctx.seed, "spec": as_dict(spec),
@@ -943,14 +982,59 @@ def _run_sweep(ctx: _Context) -> Path:
     return rec.path
 
 
+def _run_optimizer(ctx: _Context) -> Path:
+    """The ``optimizer`` experiment: its models' rows, seed means and the IB − CE difference
+    under the ablation's optimiser (the chapter pairs them with the sweep's rows)."""
+    cfg = ctx.config
+    with ctx.recorder("optimizer") as rec:
+        data = ctx.get_data()
+        rows: dict[str, dict[str, Any]] = {}
+        earlier = 0.0
+        for key, spec in experiment_specs(cfg, "optimizer").items():
+            ev = _model_evals(ctx, spec)
+            if not ev.pop("_fresh", False):
+                earlier += ev["train_seconds"] + ev["eval_seconds"]
+            rows[key] = _row(spec, ev, cfg)
+            for h in ev["history"]:
+                rec.history.append({"model": key, "row": spec.row, "replicate": spec.replicate,
+                                    **h})
+        if earlier > 1.0:
+            rec.add_elapsed(earlier)
+        groups = _by_row(rows)
+        ib_row = ModelSpec("ib", float(cfg.betas[0]), True, optimizer=cfg.ablation_optimizer).row
+        ce_row = ModelSpec("ce", optimizer=cfg.ablation_optimizer).row
+        rec.metrics.update({
+            "dataset": cfg.dataset,
+            "optimizer": cfg.ablation_optimizer,
+            "peak_lr": cfg.ablation_lr,
+            "n_train": int(data.train_x.shape[0]),
+            "n_val": int(data.val_x.shape[0]),
+            "n_test": int(data.test_x.shape[0]),
+            "seeds": list(range(cfg.replicates)),
+            "models": rows,
+            "table": aggregate_rows(rows),
+            "convergence": _convergence(rows),
+            "test_accuracy_ib_minus_ce_points": paired_difference(
+                _points(groups[ib_row], "test_accuracy"), _points(groups[ce_row], "test_accuracy")),
+            "val_accuracy_ib_minus_ce_points": paired_difference(
+                _points(groups[ib_row], "val_accuracy"), _points(groups[ce_row], "val_accuracy")),
+        })
+    assert rec.path is not None
+    return rec.path
+
+
 def make_context(**run_args: Any) -> _Context:
     """The run's context (the runner protocol of :mod:`ibcore.tasks`)."""
     return prepare_run(_Context, PROFILES, EXPERIMENTS, **run_args)
 
 
 def plan(ctx: _Context, experiments: Sequence[str]) -> list[Task]:
-    """One task per model of the sweep."""
-    return [Task(key, tuple(experiments), spec) for key, spec in model_specs(ctx.config).items()]
+    """One task per model of the experiments asked for."""
+    users: dict[str, tuple[ModelSpec, list[str]]] = {}
+    for name in experiments:
+        for spec in experiment_specs(ctx.config, name).values():
+            users.setdefault(spec.key, (spec, []))[1].append(name)
+    return [Task(key, tuple(names), spec) for key, (spec, names) in users.items()]
 
 
 def run_task(ctx: _Context, task: Task) -> None:
@@ -959,7 +1043,7 @@ def run_task(ctx: _Context, task: Task) -> None:
 
 
 def assemble(ctx: _Context, experiment: str) -> Path:
-    return _run_sweep(ctx)
+    return _run_sweep(ctx) if experiment == "sweep" else _run_optimizer(ctx)
 
 
 def run(
