@@ -357,6 +357,8 @@ def test_configs_and_specs() -> None:
                         for row in ("ce-adam", "ib-b0p05-noise-adam")}
     assert cpu.optimizer_of(abl["ce-adam"]) == ("adam", cpu.ablation_lr)
     assert cpu.optimizer_of(specs["ce"]) == ("sgd", cpu.lr)
+    # the paper profile trains with Adam, so its optimiser experiment uses SGD
+    assert paper.ablation_optimizer != paper.optimizer
     assert abl["ib-b0p05-noise-adam-r1"].label == "IB β''=0.05 (Adam)"
     assert isinstance(runner.build_optimizer(cpu, list(torch.nn.Linear(2, 2).parameters()),
                                              abl["ce-adam"]), torch.optim.AdamW)
