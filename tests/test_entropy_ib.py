@@ -357,6 +357,11 @@ def test_configs_and_specs() -> None:
                         for row in ("ce-adam", "ib-b0p05-noise-adam")}
     assert cpu.optimizer_of(abl["ce-adam"]) == ("adam", cpu.ablation_lr)
     assert cpu.optimizer_of(specs["ce"]) == ("sgd", cpu.lr)
+    longer = runner.experiment_specs(cpu, "epochs")
+    assert set(longer) == {f"{row}{'-r' + str(r) if r else ''}" for r in range(cpu.long_replicates)
+                           for row in ("ce-e20", "ib-b0p05-noise-e20")}
+    assert longer["ce-e20"].seed_key == "ce" and abl["ce-adam"].seed_key == "ce-adam"
+    assert longer["ib-b0p05-noise-e20-r1"].label == "IB β''=0.05 (20 epochs)"
     # the paper profile trains with Adam, so its optimiser experiment uses SGD
     assert paper.ablation_optimizer != paper.optimizer
     assert abl["ib-b0p05-noise-adam-r1"].label == "IB β''=0.05 (Adam)"
@@ -426,7 +431,7 @@ def test_smoke_run_writes_results_and_resume_skips(tmp_path: Path, fashion_data:
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "results"
     out = runner.run("smoke", device="cpu", results_root=root, progress=False)
-    assert set(out) == {"sweep", "optimizer"}
+    assert set(out) == {"sweep", "optimizer", "epochs"}
     rec = json.loads(out["sweep"].read_text())
     m = rec["metrics"]
     cfg = runner.PROFILES["smoke"]
@@ -463,6 +468,10 @@ def test_smoke_run_writes_results_and_resume_skips(tmp_path: Path, fashion_data:
     assert set(abl["models"]) == set(runner.experiment_specs(cfg, "optimizer"))
     assert abl["optimizer"] == cfg.ablation_optimizer and abl["seeds"] == m["seeds"]
     assert len(abl["test_accuracy_ib_minus_ce_points"]["differences"]) == cfg.replicates
+    longer = json.loads(out["epochs"].read_text())
+    assert longer["metrics"]["epochs"] == cfg.long_epochs
+    assert longer["metrics"]["seeds"] == list(range(cfg.long_replicates))
+    assert len([h for h in longer["history"] if h["model"] == "ce-e3"]) == cfg.long_epochs
     # --resume skips finished models (no training at all) and reproduces the metrics
     monkeypatch.setattr(runner, "_train", lambda *a, **k: pytest.fail("retrained a model"))
     again = runner.run("smoke", device="cpu", results_root=root, progress=False, resume=True)

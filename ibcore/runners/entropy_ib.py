@@ -86,7 +86,7 @@ from ibcore.training import Trainer
 from ibcore.validation import check_int, check_weight
 
 CHAPTER = "entropy_ib"
-EXPERIMENTS = ("sweep", "optimizer")
+EXPERIMENTS = ("sweep", "optimizer", "epochs")
 KINDS = ("ce", "ce_dropout", "ib")
 
 __all__ = [
@@ -149,6 +149,11 @@ class EntropyIBConfig:
     # between the objectives is the optimiser's
     ablation_optimizer: str = "adam"
     ablation_lr: float = 3e-3
+    # the ``epochs`` experiment: cross-entropy and the first β'' with noise trained for
+    # ``long_epochs`` (same recipe, the schedule stretched over the longer run), for the first
+    # ``long_replicates`` seeds, to measure what training longer would change
+    long_epochs: int = 20
+    long_replicates: int = 2
     # objectives
     k: int = 1
     betas: tuple[float, ...] = (0.05, 0.2, 0.5)
@@ -193,7 +198,7 @@ class EntropyIBConfig:
                                        f"{', '.join(OPTIMIZERS)}")
         for name in ("latent_dim", "epochs", "checkpoint_every_steps", "resfc_width",
                      "resfc_steps", "plane_width", "plane_steps", "pca_points", "replicates",
-                     "pgd_steps"):
+                     "pgd_steps", "long_epochs", "long_replicates"):
             check_int(name, getattr(self, name))
         for name in ("resfc_blocks", "plane_blocks", "augment_pad"):
             check_int(name, getattr(self, name), low=0)
@@ -266,6 +271,8 @@ PROFILES: dict[str, EntropyIBConfig] = {
         nonoise_betas=(0.2,),
         dropout_baseline=False,
         replicates=2,
+        long_epochs=3,
+        long_replicates=1,
         resfc_width=32,
         resfc_blocks=1,
         resfc_steps=20,
@@ -339,6 +346,7 @@ class ModelSpec:
     noise: bool = True
     replicate: int = 0
     optimizer: str | None = None  # None: the profile's optimiser
+    epochs: int | None = None  # None: the profile's epochs
 
     def __post_init__(self) -> None:
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
@@ -354,12 +362,15 @@ class ModelSpec:
         elif self.beta2 is not None:
             raise InvalidParameterError(f"a {self.kind} model takes no beta2")
         check_int("replicate", self.replicate, low=0)
+        if self.epochs is not None:
+            check_int("epochs", self.epochs)
 
     @property
     def row(self) -> str:
         """The table row the model belongs to (its key without the replicate), e.g.
         ``ib-b0p2-noise``."""
         opt = f"-{self.optimizer}" if self.optimizer else ""
+        opt += f"-e{self.epochs}" if self.epochs else ""
         if self.kind != "ib":
             return self.kind.replace("_", "-") + opt
         return (f"ib-b{self.beta2:g}".replace(".", "p") + ("-noise" if self.noise else "-nonoise")
@@ -371,8 +382,15 @@ class ModelSpec:
         return self.row + (f"-r{self.replicate}" if self.replicate else "")
 
     @property
+    def seed_key(self) -> str:
+        """The key the model's seed is drawn from: a longer run of a model starts from the same
+        initialisation and batch order as the model itself, so the two pair by seed."""
+        return dataclasses.replace(self, epochs=None).key
+
+    @property
     def label(self) -> str:
         opt = {None: "", "adam": ", Adam", "sgd": ", SGD"}[self.optimizer]
+        opt += f", {self.epochs} epochs" if self.epochs else ""
         if self.kind == "ce":
             return "cross-entropy" + (f" ({opt[2:]})" if opt else "")
         if self.kind == "ce_dropout":
@@ -395,17 +413,23 @@ def model_specs(cfg: EntropyIBConfig) -> dict[str, ModelSpec]:
 
 
 def experiment_specs(cfg: EntropyIBConfig, experiment: str) -> dict[str, ModelSpec]:
-    """``{key: spec}`` of an experiment: ``sweep`` (:func:`model_specs`) or ``optimizer``
-    (cross-entropy and the first β'' with noise, trained with the ablation's optimiser)."""
+    """``{key: spec}`` of an experiment: ``sweep`` (:func:`model_specs`); ``optimizer``
+    (cross-entropy and the first β'' with noise, trained with the ablation's optimiser);
+    ``epochs`` (the same two, trained ``long_epochs`` for the first ``long_replicates`` seeds)."""
     if experiment == "sweep":
         return model_specs(cfg)
-    if experiment != "optimizer":
+    if experiment == "optimizer":
+        extra: dict[str, Any] = {"optimizer": cfg.ablation_optimizer}
+        replicates = cfg.replicates
+    elif experiment == "epochs":
+        extra = {"epochs": cfg.long_epochs}
+        replicates = min(cfg.long_replicates, cfg.replicates)
+    else:
         raise UnknownNameError(f"unknown experiment {experiment!r}; choose from {EXPERIMENTS}")
     specs = []
-    for r in range(cfg.replicates):
-        specs.append(ModelSpec("ce", replicate=r, optimizer=cfg.ablation_optimizer))
-        specs.append(ModelSpec("ib", float(cfg.betas[0]), True, r,
-                               optimizer=cfg.ablation_optimizer))
+    for r in range(replicates):
+        specs.append(ModelSpec("ce", replicate=r, **extra))
+        specs.append(ModelSpec("ib", float(cfg.betas[0]), True, r, **extra))
     return {s.key: s for s in specs}
 
 
@@ -571,7 +595,7 @@ class _Context(RunContext):
         return self.data
 
     def model_seed(self, spec: ModelSpec) -> int:
-        return int(fingerprint_of({"seed": self.seed, "model": spec.key})[:8], 16)
+        return int(fingerprint_of({"seed": self.seed, "model": spec.seed_key})[:8], 16)
 
 
 def _generator(seed: int, *salt: int) -> torch.Generator:
@@ -684,7 +708,7 @@ def _train(ctx: _Context, spec: ModelSpec, folder: Path) -> tuple[dict[str, nn.M
     seed_everything(seed % (2**31))  # training noise and augmentation: global RNG (checkpointed)
     trainer = Trainer(
         modules, opt, (data.train_x, data.train_y), batch_size=cfg.batch_size,
-        epochs=cfg.epochs, seed=seed % 1_000_000, device=dev, step_fn=step_fn,
+        epochs=spec.epochs or cfg.epochs, seed=seed % 1_000_000, device=dev, step_fn=step_fn,
         schedule=dataclasses.replace(cfg.schedule, peak_lr=cfg.optimizer_of(spec)[1]),
         checkpoint_path=folder / f"{spec.key}.pt",
         checkpoint_every_steps=cfg.checkpoint_every_steps,
@@ -984,15 +1008,16 @@ def _run_sweep(ctx: _Context) -> Path:
     return rec.path
 
 
-def _run_optimizer(ctx: _Context) -> Path:
-    """The ``optimizer`` experiment: its models' rows, seed means and the IB − CE difference
-    under the ablation's optimiser (the chapter pairs them with the sweep's rows)."""
+def _run_variant(ctx: _Context, experiment: str) -> Path:
+    """The ``optimizer`` or ``epochs`` experiment: its models' rows, seed means and the IB − CE
+    difference under the variant (the chapter pairs them with the sweep's rows by seed)."""
     cfg = ctx.config
-    with ctx.recorder("optimizer") as rec:
+    specs = experiment_specs(cfg, experiment)
+    with ctx.recorder(experiment) as rec:
         data = ctx.get_data()
         rows: dict[str, dict[str, Any]] = {}
         earlier = 0.0
-        for key, spec in experiment_specs(cfg, "optimizer").items():
+        for key, spec in specs.items():
             ev = _model_evals(ctx, spec)
             if not ev.pop("_fresh", False):
                 earlier += ev["train_seconds"] + ev["eval_seconds"]
@@ -1003,16 +1028,18 @@ def _run_optimizer(ctx: _Context) -> Path:
         if earlier > 1.0:
             rec.add_elapsed(earlier)
         groups = _by_row(rows)
-        ib_row = ModelSpec("ib", float(cfg.betas[0]), True, optimizer=cfg.ablation_optimizer).row
-        ce_row = ModelSpec("ce", optimizer=cfg.ablation_optimizer).row
+        first = next(iter(specs.values()))
+        ib_row = next(s.row for s in specs.values() if s.kind == "ib")
+        ce_row = next(s.row for s in specs.values() if s.kind == "ce")
         rec.metrics.update({
             "dataset": cfg.dataset,
-            "optimizer": cfg.ablation_optimizer,
-            "peak_lr": cfg.ablation_lr,
+            "optimizer": cfg.optimizer_of(first)[0],
+            "peak_lr": cfg.optimizer_of(first)[1],
+            "epochs": first.epochs or cfg.epochs,
             "n_train": int(data.train_x.shape[0]),
             "n_val": int(data.val_x.shape[0]),
             "n_test": int(data.test_x.shape[0]),
-            "seeds": list(range(cfg.replicates)),
+            "seeds": sorted({s.replicate for s in specs.values()}),
             "models": rows,
             "table": aggregate_rows(rows),
             "convergence": _convergence(rows),
@@ -1045,7 +1072,7 @@ def run_task(ctx: _Context, task: Task) -> None:
 
 
 def assemble(ctx: _Context, experiment: str) -> Path:
-    return _run_sweep(ctx) if experiment == "sweep" else _run_optimizer(ctx)
+    return _run_sweep(ctx) if experiment == "sweep" else _run_variant(ctx, experiment)
 
 
 def run(
