@@ -35,7 +35,9 @@ preserved information :math:`I[X;Z] = H[Z]` by the kNN estimator (eq. 11) and th
 information :math:`H[Y|Z]`, bounded above by the cross-entropy of a small ResFC fitted for a
 few steps on one half of that subset (encoder frozen) and scored on the other half.
 
-One experiment, ``sweep``, writes one result file. Each model's training is checkpointed
+Three experiments, one result file each: ``sweep`` (every objective and β''), ``optimizer``
+(cross-entropy and the smallest β'' with the other optimiser) and ``epochs`` (the same two
+trained longer, from the same initialisation). Each model's training is checkpointed
 (``<key>.pt``, exact resume) and its evaluations cached (``<key>.eval.json``), so ``--resume``
 skips finished models.
 """
@@ -119,7 +121,7 @@ OPTIMIZERS = ("sgd", "adam")
 
 @dataclass(frozen=True)
 class EntropyIBConfig:
-    """Settings of the ``sweep`` experiment (one profile = one instance)."""
+    """Settings of the chapter's experiments (one profile = one instance)."""
 
     dataset: str = "fashion_mnist"
     train_subset: int | None = 30000
@@ -542,8 +544,6 @@ def _accuracy(logits: Tensor, y: Tensor) -> float:
     return float((logits.argmax(1).cpu() == y).float().mean())
 
 
-
-
 def plane_point(
     z: Tensor, y: Tensor, cfg: EntropyIBConfig, classes: int, generator: torch.Generator,
     device: torch.device,
@@ -960,29 +960,36 @@ def _convergence(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "models": len(changes)}
 
 
+def _collect(ctx: _Context, specs: dict[str, ModelSpec], rec: Any
+             ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Every model's evaluations (training it when needed) and its row; their histories go to
+    the recorder, and the seconds of models trained by earlier processes to its elapsed time."""
+    rows: dict[str, dict[str, Any]] = {}
+    evals: dict[str, dict[str, Any]] = {}
+    earlier = 0.0
+    for key, spec in specs.items():
+        ev = _model_evals(ctx, spec)
+        if not ev.pop("_fresh", False):
+            earlier += ev["train_seconds"] + ev["eval_seconds"]
+        evals[key] = ev
+        rows[key] = _row(spec, ev, ctx.config)
+        for h in ev["history"]:
+            rec.history.append({"model": key, "row": spec.row, "replicate": spec.replicate, **h})
+    if earlier > 1.0:
+        rec.add_elapsed(earlier)
+    return rows, evals
+
+
 def _run_sweep(ctx: _Context) -> Path:
     cfg = ctx.config
+    specs = model_specs(cfg)
     with ctx.recorder("sweep") as rec:
         data = ctx.get_data()
-        rows: dict[str, dict[str, Any]] = {}
-        planes: dict[str, dict[str, list[float]]] = {}
-        pca: dict[str, Any] = {}
-        earlier = 0.0
-        for key, spec in model_specs(cfg).items():
-            ev = _model_evals(ctx, spec)
-            if not ev.pop("_fresh", False):
-                earlier += ev["train_seconds"] + ev["eval_seconds"]
-            rows[key] = _row(spec, ev, cfg)
-            pca[key] = ev["pca"]
-            for h in ev["history"]:
-                rec.history.append({"model": key, "row": spec.row, "replicate": spec.replicate,
-                                    **h})
-            if spec.kind == "ib":
-                hist = ev["history"]
-                planes[key] = {name: [h[name] for h in hist] for name in (
-                    "epoch", "val_h_z_nats", "val_h_y_given_z_bound_nats")}
-        if earlier > 1.0:
-            rec.add_elapsed(earlier)
+        rows, evals = _collect(ctx, specs, rec)
+        pca = {key: ev["pca"] for key, ev in evals.items()}
+        planes = {key: {name: [h[name] for h in evals[key]["history"]] for name in (
+                      "epoch", "val_h_z_nats", "val_h_y_given_z_bound_nats")}
+                  for key, spec in specs.items() if spec.kind == "ib"}
         rec.metrics.update({
             "dataset": cfg.dataset,
             "n_train": int(data.train_x.shape[0]),
@@ -1015,18 +1022,7 @@ def _run_variant(ctx: _Context, experiment: str) -> Path:
     specs = experiment_specs(cfg, experiment)
     with ctx.recorder(experiment) as rec:
         data = ctx.get_data()
-        rows: dict[str, dict[str, Any]] = {}
-        earlier = 0.0
-        for key, spec in specs.items():
-            ev = _model_evals(ctx, spec)
-            if not ev.pop("_fresh", False):
-                earlier += ev["train_seconds"] + ev["eval_seconds"]
-            rows[key] = _row(spec, ev, cfg)
-            for h in ev["history"]:
-                rec.history.append({"model": key, "row": spec.row, "replicate": spec.replicate,
-                                    **h})
-        if earlier > 1.0:
-            rec.add_elapsed(earlier)
+        rows, _ = _collect(ctx, specs, rec)
         groups = _by_row(rows)
         first = next(iter(specs.values()))
         ib_row = next(s.row for s in specs.values() if s.kind == "ib")
