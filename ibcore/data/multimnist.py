@@ -19,7 +19,13 @@ strokes where they touch.
 
 Splits: train images are composed only from torchvision's *training* split and test images only
 from its *test* split, so no source item appears on both sides (the cited generator instead
-pools all 70k images and splits by label combination).
+pools all 70k images and splits by label combination). A validation split (``"val"``) is carved
+from the training split: a fixed :data:`VAL_ITEMS` of its items (the same whatever the seed and
+size) are held out, ``"val"`` images are composed from them only and ``"train"`` images from the
+rest, so validation, like test, never shows an item the model was trained on.
+
+:data:`SINGLE_DATASETS` holds the one-item case (``M = 1``, the item anywhere in the canvas the
+same way), used to measure how well a trunk classifies a single item.
 
 Generated tensors are cached with :func:`torch.save` under a folder the caller chooses (never
 the data root, which may be read-only), keyed by every setting and the seed.
@@ -42,7 +48,11 @@ from ibcore.errors import InvalidParameterError, ShapeError, UnknownNameError
 from ibcore.validation import check_int
 
 __all__ = [
+    "ALL_DATASETS",
     "MULTI_DATASETS",
+    "SINGLE_DATASETS",
+    "SPLITS",
+    "VAL_ITEMS",
     "CANVAS",
     "MultiSpec",
     "compose_multi",
@@ -71,6 +81,14 @@ MULTI_DATASETS: dict[str, MultiSpec] = {
     "double_fashion": MultiSpec("fashion_mnist", 2, "Double-Fashion"),
     "triple_fashion": MultiSpec("fashion_mnist", 3, "Triple-Fashion"),
 }
+SINGLE_DATASETS: dict[str, MultiSpec] = {
+    "single_fashion": MultiSpec("fashion_mnist", 1, "Single-Fashion"),
+    "single_mnist": MultiSpec("mnist", 1, "Single-MNIST"),
+}
+ALL_DATASETS: dict[str, MultiSpec] = {**MULTI_DATASETS, **SINGLE_DATASETS}
+SPLITS = ("train", "val", "test")
+# training-split items held out for the validation split (of 60,000 in MNIST and Fashion-MNIST)
+VAL_ITEMS = 10_000
 
 
 def label_entropy_nats(items: int, classes: int = CLASSES) -> float:
@@ -184,20 +202,21 @@ def load_multi(
 
     ``x`` is ``uint8 [n, 1, 64, 64]``, ``label_sets`` ``int64 [n, M]``. Deterministic in
     ``(name, split, n, seed, jitter_x)``; cached as ``<cache_dir>/<name>-<split>-<key>.pt`` when
-    ``cache_dir`` is given. ``split="train"`` composes from torchvision's training split only,
-    ``"test"`` from its test split only.
+    ``cache_dir`` is given. ``split="train"`` composes from torchvision's training split less
+    the held-out items (:func:`validation_items`), ``"val"`` from those items only, ``"test"``
+    from torchvision's test split only.
     """
-    if name not in MULTI_DATASETS:
+    if name not in ALL_DATASETS:
         raise UnknownNameError(
-            f"unknown Multi-MNIST dataset {name!r}; choose one of {', '.join(MULTI_DATASETS)}"
+            f"unknown Multi-MNIST dataset {name!r}; choose one of {', '.join(ALL_DATASETS)}"
         )
-    if split not in ("train", "test"):
-        raise UnknownNameError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise UnknownNameError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     check_int("n", n, low=1)
     check_int("seed", seed, low=0)
-    spec = MULTI_DATASETS[name]
+    spec = ALL_DATASETS[name]
     key = fingerprint_of({"name": name, "split": split, "n": n, "seed": seed,
-                          "jitter_x": jitter_x, "version": 2})[:16]
+                          "jitter_x": jitter_x, "version": 3})[:16]
     path = Path(cache_dir) / f"{name}-{split}-{key}.pt" if cache_dir is not None else None
     if path is not None and path.exists():
         try:
@@ -205,9 +224,31 @@ def load_multi(
             return saved["x"], saved["label_sets"]
         except Exception:  # noqa: BLE001 - a truncated cache file is regenerated below
             pass
-    images, labels = load_tensors(spec.source, split, data_root)
+    images, labels = load_tensors(spec.source, "test" if split == "test" else "train", data_root)
+    if split != "test":
+        held = validation_items(images.shape[0])
+        keep = held if split == "val" else _complement(held, images.shape[0])
+        images, labels = images[keep], labels[keep]
     gen = torch.Generator().manual_seed(int(key, 16) % (2**62))
     x, sets, _ = compose_multi(images, labels, n, spec.items, gen, jitter_x=jitter_x)
     if path is not None:
         atomic_torch_save(path, {"x": x, "label_sets": sets})
     return x, sets
+
+
+def validation_items(n_items: int) -> Tensor:
+    """Indices of the training-split items held out for ``"val"`` (sorted, ``int64``).
+
+    :data:`VAL_ITEMS` of ``n_items`` (a sixth when the split has fewer than six times as many),
+    drawn by a fixed permutation: the same items for every seed, size and dataset of one source.
+    """
+    check_int("n_items", n_items, low=2)
+    k = min(VAL_ITEMS, n_items // 6) or 1
+    perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(20_240_601))
+    return perm[:k].sort().values
+
+
+def _complement(index: Tensor, n: int) -> Tensor:
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[index] = False
+    return torch.nonzero(mask).flatten()

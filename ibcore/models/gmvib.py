@@ -2,9 +2,11 @@ r"""Basic, VIB and GMVIB encoder–decoder classifiers of the GMVIB chapter (``g
 
 All three share one trunk and one decoder (an MLP with ``decoder_hidden`` ReLU layers, then a
 linear map to one logit per class); they differ only in the head between them. The trunk is
-optionally a stack of ``conv_channels`` convolutions (3×3, stride 2, group norm, ReLU) on the
-square image, then an MLP (``hidden`` ReLU layers) on what they give, flattened; with
-``conv_channels = ()`` it is the MLP alone on the flattened image. The source gives no
+optionally a stack of ``conv_channels`` convolutions (3×3, strides ``conv_strides``, group norm,
+ReLU) on the square image, then an MLP (``hidden`` ReLU layers) on what they give: flattened
+(``pool="flatten"``) or max-pooled over all positions (``pool="max"``, one value per channel,
+so the code does not depend on where in the canvas an item sits); with ``conv_channels = ()``
+it is the MLP alone on the flattened image. The source gives no
 architecture; the chapter says which one each profile uses. The heads:
 
 * ``basic``: a deterministic latent ``z = W h`` of ``latent_dim`` units (no bottleneck);
@@ -82,13 +84,17 @@ def _mlp(sizes: Sequence[int], generator: torch.Generator | None) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
-def _conv_stack(channels: Sequence[int], generator: torch.Generator | None) -> nn.Sequential:
+POOLS = ("flatten", "max")
+
+
+def _conv_stack(channels: Sequence[int], strides: Sequence[int],
+                generator: torch.Generator | None) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for c_in, c_out in zip([1, *channels], channels, strict=False):  # [1, c1, c2, …] → [c1, …]
+    for c_in, c_out, stride in zip([1, *channels], channels, strides, strict=False):
         # group norm, not batch norm: it has no running statistics, so a model evaluated after
         # a few epochs computes exactly what it was trained to (batch norm's lagging running
         # statistics made the test accuracy of short runs jump between epochs)
-        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),
                    nn.GroupNorm(math.gcd(8, c_out), c_out), nn.ReLU()]
     stack = nn.Sequential(*layers)
     init_from_generator(generator, stack)
@@ -107,7 +113,10 @@ class BottleneckClassifier(nn.Module):
         hidden: widths of the trunk's MLP layers.
         conv_channels: output channels of the convolutions before the MLP (``()``: none); the
             input is then a square single-channel image of ``in_dim`` pixels whose side is
-            divisible by ``2 ** len(conv_channels)``.
+            divisible by the product of the strides.
+        conv_strides: one stride per convolution (default: 2 for each).
+        pool: ``"flatten"`` (every position of the last feature map feeds the MLP) or ``"max"``
+            (global max-pooling: one value per channel, position-invariant).
         decoder_hidden: decoder widths before the output layer (``()`` = a linear decoder).
         alpha_min: added to ``softplus`` so every Dirichlet concentration is positive.
         generator: draws the initial parameters.
@@ -123,6 +132,8 @@ class BottleneckClassifier(nn.Module):
         components: int = 10,
         hidden: Sequence[int] = (1024, 1024),
         conv_channels: Sequence[int] = (),
+        conv_strides: Sequence[int] | None = None,
+        pool: str = "flatten",
         decoder_hidden: Sequence[int] = (),
         alpha_min: float = 1e-3,
         generator: torch.Generator | None = None,
@@ -139,14 +150,27 @@ class BottleneckClassifier(nn.Module):
         hidden = [check_int("hidden width", h) for h in hidden]
         decoder_hidden = [check_int("decoder width", h) for h in decoder_hidden]
         convs = [check_int("conv channels", c) for c in conv_channels]
+        strides = [2] * len(convs) if conv_strides is None else [
+            check_int("conv stride", s) for s in conv_strides]
+        if len(strides) != len(convs):
+            raise InvalidParameterError(
+                f"conv_strides needs one stride per convolution ({len(convs)}), got {len(strides)}"
+            )
+        if pool not in POOLS:
+            raise UnknownNameError(f"unknown pool {pool!r}; choose one of {POOLS}")
         self.side = math.isqrt(in_dim)
-        if convs and (self.side**2 != in_dim or self.side % 2 ** len(convs)):
+        shrink = math.prod(strides)
+        if convs and (self.side**2 != in_dim or self.side % shrink):
             raise InvalidParameterError(
                 f"conv_channels needs a square image whose side is divisible by "
-                f"{2 ** len(convs)}; in_dim = {in_dim} is not"
+                f"{shrink}; in_dim = {in_dim} is not"
             )
-        self.features = _conv_stack(convs, generator)
-        flat = convs[-1] * (self.side // 2 ** len(convs)) ** 2 if convs else in_dim
+        self.features = _conv_stack(convs, strides, generator)
+        if convs and pool == "max":
+            self.features.append(nn.AdaptiveMaxPool2d(1))
+            flat = convs[-1]
+        else:
+            flat = convs[-1] * (self.side // shrink) ** 2 if convs else in_dim
         self.trunk = _mlp([flat, *hidden], generator)
         width = hidden[-1] if hidden else flat
         k, d = self.components, latent_dim
