@@ -194,6 +194,7 @@ def _gmvib(steps: int, batch: int | None, cl: bool, gen: torch.Generator) -> Cas
     model = BottleneckClassifier("gmvib", 64 * 64, 10, latent_dim=cfg.latent_dim,
                                  components=cfg.components, hidden=cfg.hidden,
                                  conv_channels=cfg.conv_channels,
+                                 conv_strides=cfg.conv_strides, pool=cfg.pool,
                                  decoder_hidden=cfg.decoder_hidden, generator=gen)
     modules = _finish({"model": model}, cl)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -206,11 +207,12 @@ def _gmvib(steps: int, batch: int | None, cl: bool, gen: torch.Generator) -> Cas
         out = model(inputs(batch[0]), samples=cfg.train_samples)
         return bottleneck_objective("gmvib", out, batch[1], cfg.beta, cfg.alpha_prior)
 
-    ex, ey = x[: cfg.eval_size], y[: cfg.eval_size]
+    ex, ey = x[: cfg.val_size], y[: cfg.val_size]  # the per-epoch evaluation on validation
 
     def epoch_eval() -> object:
         return r.evaluate_model(model, ex, ey, samples=cfg.eval_samples, beta=cfg.beta,
-                                alpha_prior=cfg.alpha_prior, h_y=1.0, seed=1, device=CPU)
+                                alpha_prior=cfg.alpha_prior, h_y=1.0, seed=1, device=CPU,
+                                split="val")
 
     return Case("gmvib", modules, opt, (x, y), b, cfg.checkpoint_every_steps, b,
                 loss_fn=loss_fn, epoch_eval=epoch_eval)

@@ -93,6 +93,30 @@ def test_load_multi_uses_split_sources_only_and_caches(
     assert not torch.equal(other, tr)
 
 
+def test_validation_split_holds_out_training_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 600 training items whose 'image' is their index: the pool says which items a split used
+    labels = torch.arange(10).repeat(60)
+    values = torch.arange(600)
+    monkeypatch.setattr(mm, "load_tensors", lambda name, split, root=None: (
+        values.to(torch.int64), labels))
+
+    def fake_compose(items, labs, n, m, gen, **kw):  # noqa: ANN001, ANN202, ARG001
+        # record which training items each split may draw from
+        pools.append(set(items.tolist()))
+        return torch.zeros(n, 1, 64, 64, dtype=torch.uint8), torch.zeros(n, m), None
+
+    pools: list[set[int]] = []
+    monkeypatch.setattr(mm, "compose_multi", fake_compose)
+    mm.load_multi("double_mnist", "train", 5, seed=0, cache_dir=None)
+    mm.load_multi("double_mnist", "val", 5, seed=0, cache_dir=None)
+    mm.load_multi("single_fashion", "val", 5, seed=3, cache_dir=None)
+    train, val, val_other = pools
+    assert len(val) == 100 and len(train) == 500 and not train & val  # a sixth, disjoint
+    assert val == val_other  # the same items for every seed and dataset of a source
+    assert torch.equal(mm.validation_items(600), mm.validation_items(600))
+    assert len(mm.validation_items(60_000)) == mm.VAL_ITEMS
+
+
 def test_generator_bad_inputs() -> None:
     images, labels = _fake_items(2, 1)
     g = torch.Generator().manual_seed(0)
@@ -104,8 +128,8 @@ def test_generator_bad_inputs() -> None:
         mm.compose_multi(images[labels < 9], labels[labels < 9], 5, 2, g)
     with pytest.raises(UnknownNameError):
         mm.load_multi("quadruple_mnist", "train", 5, seed=0, cache_dir=None)
-    with pytest.raises(UnknownNameError):
-        mm.load_multi("double_mnist", "val", 5, seed=0, cache_dir=None)
+    with pytest.raises(UnknownNameError, match="split"):
+        mm.load_multi("double_mnist", "validation", 5, seed=0, cache_dir=None)
     assert mm.label_entropy_nats(3) == pytest.approx(math.log(120))
 
 
@@ -270,8 +294,15 @@ def test_profiles_follow_the_source() -> None:
         assert (cfg.latent_dim, cfg.components, cfg.train_samples, cfg.beta) == (256, 10, 12, 1e-3)
         assert cfg.beta_grid == (1e-4, 1e-3, 1e-2) and cfg.replicates >= 3
         assert set(cfg.datasets) == set(mm.MULTI_DATASETS)
-        assert cfg.train_size == 4 * cfg.test_size  # 80/20
-    assert runner.PROFILES["paper"].epochs == 50
+        assert "gmvib" in cfg.beta_kinds and cfg.item_datasets == ("single_fashion",)
+        # the trunk: four pooled convolutions (position-invariant) and one 256-unit layer
+        assert cfg.conv_channels == (32, 64, 128, 128) and cfg.pool == "max"
+        assert cfg.hidden == (256,)
+    paper = runner.PROFILES["paper"]
+    assert paper.epochs == 50 and paper.lr == 1e-4 and paper.schedule_kind == "constant"
+    assert paper.train_size + paper.val_size == 4 * paper.test_size  # 80/20
+    cpu = runner.PROFILES["cpu"]
+    assert cpu.schedule_kind == "one_cycle" and cpu.schedule.final_lr_fraction < 0.01
 
 
 def test_smoke_run_writes_results_and_resume_skips(
@@ -283,24 +314,45 @@ def test_smoke_run_writes_results_and_resume_skips(
     assert time.perf_counter() - t0 < 60
     assert set(out) == set(runner.EXPERIMENTS)
     cache = list((tmp_path / "runs" / "cache" / "multimnist").glob("*.pt"))
-    assert len(cache) == 8  # 4 datasets × 2 splits, outside the results and data roots
+    assert len(cache) == 15  # 4 datasets + 1 one-item set, × 3 splits, outside both roots
     t1 = json.loads(out["table1"].read_text())
     cfg = runner.PROFILES["smoke"]
     m = t1["metrics"]
     assert len(m["models"]) == len(cfg.datasets) * 3 * cfg.replicates
     for row in m["models"]:
         assert 0 <= row["test_exact_set_accuracy"] <= row["test_per_label_accuracy"] <= 1
+        assert 0 <= row["val_exact_set_accuracy"] <= 1
         assert ("test_I_zx_upper_nats" in row) == (row["kind"] != "basic")
+    # replicate-paired differences, in points, per dataset
+    d = m["comparison"]["double_fashion"]["test_gmvib_minus_vib_points"]
+    rows = {(r["kind"], r["replicate"]): r for r in m["models"] if r["dataset"] == "double_fashion"}
+    assert d["differences"] == pytest.approx([
+        100 * (rows[("gmvib", i)]["test_exact_set_accuracy"]
+               - rows[("vib", i)]["test_exact_set_accuracy"]) for i in range(cfg.replicates)])
+    assert d["verdict"] in ("supported", "contradicted", "undecided") and "interval_95" in d
+    conv = m["convergence"]
+    assert set(conv["last_epoch_change"]) == {r["key"] for r in m["models"]}
+    assert conv["met"] == (conv["mean_abs_last_epoch_change"] < conv["threshold"])
+    assert m["bars"]["converged"] == conv["met"]
     s = m["summary"]["triple_mnist"]["gmvib"]["test_exact_set_accuracy"]
     assert s["n"] == cfg.replicates and s["std"] >= 0
     assert m["chance_exact_set_accuracy"]["triple_mnist"] == pytest.approx(1 / 120)
     assert m["H_y_nats"]["double_fashion"] == pytest.approx(math.log(45))
     hist = [h for h in t1["history"] if h["model"] == "double_mnist-gmvib-b0.001-r0"]
     assert [h["epoch"] for h in hist] == list(range(cfg.epochs + 1))
-    assert {"test_I_zx_upper_nats", "test_I_zy_lower_nats", "test_rate_nats"} <= set(hist[-1])
-    assert hist[-1]["test_I_zy_lower_nats"] == pytest.approx(
-        math.log(45) - hist[-1]["test_ce_nats"])
+    # per-epoch numbers are measured on validation only; the schedule decays
+    assert {"val_I_zx_upper_nats", "val_I_zy_lower_nats", "val_rate_nats"} <= set(hist[-1])
+    assert not any(k.startswith("test_") for h in hist for k in h)
+    assert hist[-1]["val_I_zy_lower_nats"] == pytest.approx(
+        math.log(45) - hist[-1]["val_ce_nats"])
+    assert hist[-1]["lr_end"] < 0.01 * cfg.lr
+    items = json.loads(out["items"].read_text())["metrics"]
+    assert items["per_item_accuracy"]["single_fashion"]["n"] == cfg.replicates
     beta = json.loads(out["beta"].read_text())["metrics"]
+    assert set(beta["best_beta"]) == set(cfg.datasets)
+    assert all(b in cfg.beta_grid for v in beta["best_beta"].values() for b in v.values())
+    for key, r in beta["rate_direction"].items():
+        assert r["falls"] == (r["last_epoch"] < r["first_epoch"]) and "-gmvib-" in key
     assert {(r["kind"], r["beta"]) for r in beta["settings"]} == {
         (k, b) for k in cfg.beta_kinds for b in cfg.beta_grid}
     gm = next(r for r in beta["settings"] if r["kind"] == "gmvib" and r["beta"] == cfg.beta)
@@ -326,10 +378,11 @@ def test_paper_profile_code_path_at_tiny_scale(
 ) -> None:
     paper = runner.PROFILES["paper"]
     tiny = dataclasses.replace(paper, datasets=("triple_fashion",), train_size=200,
-                               test_size=50, eval_size=50, epochs=2, replicates=1,
+                               val_size=50, test_size=50, epochs=2, replicates=1,
                                hidden=(32,), latent_dim=8, projection_points=20,
-                               checkpoint_every_steps=1)
+                               conv_channels=(4, 8, 8, 8), checkpoint_every_steps=1)
     assert (tiny.components, tiny.train_samples, tiny.lr) == (10, 12, paper.lr)
+    assert tiny.conv_strides == paper.conv_strides and tiny.pool == paper.pool
     monkeypatch.setitem(runner.PROFILES, "paper", tiny)
     out = runner.run("paper", device="cpu", results_root=tmp_path / "results", progress=False)
     rec = json.loads(out["beta"].read_text())
@@ -338,6 +391,7 @@ def test_paper_profile_code_path_at_tiny_scale(
     folder = tmp_path / "runs" / "gmvib" / "table1" / "paper-seed0"
     assert list(folder.glob("*.pt")) == []  # finished models keep only their eval files
     assert len(list(folder.glob("*.eval.json"))) == 3
+    assert json.loads(out["items"].read_text())["metrics"]["models"][0]["epochs"] == 2
 
 
 def test_source_numbers_file() -> None:
@@ -372,3 +426,25 @@ def test_conv_trunk_shapes_and_bad_image_size() -> None:
         BottleneckClassifier("vib", 60 * 60, conv_channels=(2, 3, 4, 5))
     with pytest.raises(InvalidParameterError, match="square"):
         BottleneckClassifier("vib", 4000, conv_channels=(2,))
+    with pytest.raises(InvalidParameterError, match="one stride per"):
+        BottleneckClassifier("vib", 64 * 64, conv_channels=(2, 3), conv_strides=(2,))
+    with pytest.raises(UnknownNameError, match="pool"):
+        BottleneckClassifier("vib", 64 * 64, conv_channels=(2,), pool="mean")
+
+
+def test_pooled_trunk_is_position_invariant() -> None:
+    """With global max-pooling, an item moved by a multiple of the total stride (8) gives the
+    same code, as long as it stays further from the border than the receptive field's radius
+    (15 pixels; a 128-pixel canvas leaves room for that)."""
+    gen = torch.Generator().manual_seed(0)
+    model = BottleneckClassifier("basic", 128 * 128, latent_dim=4, hidden=(8,),
+                                 conv_channels=(3, 5, 6, 6), conv_strides=(2, 2, 2, 1),
+                                 pool="max", generator=gen).eval()
+    item = torch.rand(28, 28, generator=gen)
+    a, b = torch.zeros(1, 1, 128, 128), torch.zeros(1, 1, 128, 128)
+    a[0, 0, 24:52, 24:52] = item
+    b[0, 0, 72:100, 48:76] = item  # moved by (48, 24) pixels
+    assert torch.allclose(model.encode(a)["z"], model.encode(b)["z"], atol=1e-5)
+    flat = BottleneckClassifier("basic", 128 * 128, latent_dim=4, hidden=(8,),
+                                conv_channels=(3, 5), generator=gen).eval()
+    assert not torch.allclose(flat.encode(a)["z"], flat.encode(b)["z"], atol=1e-3)
