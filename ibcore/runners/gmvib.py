@@ -97,6 +97,7 @@ __all__ = [
     "GMVIBConfig",
     "ITEM_DATASETS",
     "ModelSpec",
+    "beta_at",
     "evaluate_model",
     "experiment_specs",
     "run",
@@ -132,6 +133,11 @@ class GMVIBConfig:
     lr: float = 3e-3  # Adam; the schedule's peak rate
     schedule_kind: str = "one_cycle"
     warmup_fraction: float = 0.25
+    # VIB and GMVIB: β rises linearly from 0 to its value over this fraction of the steps (0: β
+    # from the first step). Without it, Adam at the one-cycle peak drove GMVIB's rate (about
+    # 400 nats at initialisation, ten Gaussian KLs) down before the code carried any label
+    # information, and some seeds never left the label-blind optimum
+    beta_warmup_fraction: float = 0.25
     checkpoint_every_steps: int = 100
     replicates: int = 3
     # β ablation and the slider
@@ -167,6 +173,7 @@ class GMVIBConfig:
         check_int("data_seed", self.data_seed, low=0)
         check_int("jitter_x", self.jitter_x, low=0)
         check_weight("lr", self.lr, low_inclusive=False)
+        check_weight("beta_warmup_fraction", self.beta_warmup_fraction, high=1.0)
         self.schedule  # noqa: B018  (refuses an unknown kind or a bad warm-up fraction)
         check_weight("alpha_prior", self.alpha_prior, low_inclusive=False)
         check_weight("beta", self.beta)
@@ -215,7 +222,8 @@ PROFILES: dict[str, GMVIBConfig] = {
     # from the 48k training images), Adam at 1e-4 for 50 epochs, β grid for both bottlenecks
     "paper": dataclasses.replace(
         _CPU, train_size=43200, val_size=4800, test_size=12000, epochs=50, lr=1e-4,
-        schedule_kind="constant", beta_kinds=("vib", "gmvib"), checkpoint_every_steps=200,
+        schedule_kind="constant", beta_warmup_fraction=0.0, beta_kinds=("vib", "gmvib"),
+        checkpoint_every_steps=200,
         projection_points=1000,
     ),
 }
@@ -253,6 +261,14 @@ def experiment_specs(cfg: GMVIBConfig, experiment: str) -> list[ModelSpec]:
         return [ModelSpec(ds, "basic", 0.0, r)
                 for ds in cfg.item_datasets for r in range(cfg.replicates)]
     raise UnknownNameError(f"unknown experiment {experiment!r}; choose from {EXPERIMENTS}")
+
+
+def beta_at(step: int, total_steps: int, beta: float, warmup_fraction: float) -> float:
+    """The weight of the rate at optimisation step ``step`` (0-based) of ``total_steps``:
+    ``β · min(1, (step + 1) / W)`` with ``W = round(warmup_fraction · total_steps)``, so β rises
+    linearly from ``β / W`` to ``β`` over the first ``W`` steps (``W = 0``: ``β`` throughout)."""
+    w = round(warmup_fraction * total_steps)
+    return beta if w <= 0 else beta * min(1.0, (step + 1) / w)
 
 
 def _owner(cfg: GMVIBConfig, spec: ModelSpec) -> str:
@@ -401,8 +417,11 @@ def _train_and_evaluate(ctx: _Context, spec: ModelSpec) -> dict[str, Any]:
     cfg = ctx.config
     folder = ctx.checkpoint_dir(_owner(cfg, spec))
     ckpt, eval_path = folder / f"{spec.key}.pt", folder / f"{spec.key}.eval.json"
+    view = cfg.training_view()
+    if spec.kind != "basic" and cfg.beta_warmup_fraction > 0:  # Basic has no β to warm up
+        view["beta_warmup_fraction"] = cfg.beta_warmup_fraction
     fingerprint = fingerprint_of({"chapter": CHAPTER, "seed": ctx.seed, "spec": as_dict(spec),
-                                  "train": cfg.training_view(),
+                                  "train": view,
                                   "summary": [cfg.weights_shown, cfg.projection_points]})
     if ctx.resume and eval_path.exists():
         saved = json.loads(eval_path.read_text(encoding="utf-8"))
@@ -433,7 +452,14 @@ def _train_and_evaluate(ctx: _Context, spec: ModelSpec) -> dict[str, Any]:
 
     def loss_fn(batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
         out = model(_inputs(batch[0]), samples=cfg.train_samples)
-        return bottleneck_objective(spec.kind, out, batch[1], spec.beta, cfg.alpha_prior)
+        beta = spec.beta
+        if spec.kind != "basic":  # the trainer's step counter is checkpointed: resume-exact
+            beta = beta_at(trainer.global_step, trainer.total_steps, spec.beta,
+                           cfg.beta_warmup_fraction)
+        terms = bottleneck_objective(spec.kind, out, batch[1], beta, cfg.alpha_prior)
+        if spec.kind != "basic":
+            terms["beta"] = torch.tensor(beta)  # its epoch mean lands in the history
+        return terms
 
     def epoch_end(epoch: int) -> dict[str, float]:
         return evaluate_model(model, eval_x, eval_y, **eval_kw)
