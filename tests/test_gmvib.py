@@ -432,6 +432,14 @@ def test_conv_trunk_shapes_and_bad_image_size() -> None:
         BottleneckClassifier("vib", 64 * 64, conv_channels=(2,), pool="mean")
 
 
+def test_beta_warm_up_holds_then_rises() -> None:
+    betas = [runner.beta_at(t, 20, 1e-3, 0.25) for t in range(20)]
+    assert betas[:5] == [0.0] * 5  # W = 5 steps at β = 0
+    assert betas[5:10] == pytest.approx([1e-3 * k / 5 for k in range(1, 6)])  # linear rise
+    assert betas[9:] == [1e-3] * 11
+    assert [runner.beta_at(t, 20, 1e-3, 0.0) for t in range(20)] == [1e-3] * 20
+
+
 def test_pooled_trunk_is_position_invariant() -> None:
     """With global max-pooling, an item moved by a multiple of the total stride (8) gives the
     same code, as long as it stays further from the border than the receptive field's radius

@@ -133,10 +133,10 @@ class GMVIBConfig:
     lr: float = 3e-3  # Adam; the schedule's peak rate
     schedule_kind: str = "one_cycle"
     warmup_fraction: float = 0.25
-    # VIB and GMVIB: β rises linearly from 0 to its value over this fraction of the steps (0: β
-    # from the first step). Without it, Adam at the one-cycle peak drove GMVIB's rate (about
-    # 400 nats at initialisation, ten Gaussian KLs) down before the code carried any label
-    # information, and some seeds never left the label-blind optimum
+    # VIB and GMVIB: β is 0 for this fraction of the steps, then rises linearly to its value
+    # over the same number of steps (0: β from the first step; see beta_at). Without it, Adam at
+    # the one-cycle peak drove GMVIB's rate down before the code carried any label information,
+    # and some seeds never left the label-blind optimum, even when β rose from 0 at once
     beta_warmup_fraction: float = 0.25
     checkpoint_every_steps: int = 100
     replicates: int = 3
@@ -264,11 +264,15 @@ def experiment_specs(cfg: GMVIBConfig, experiment: str) -> list[ModelSpec]:
 
 
 def beta_at(step: int, total_steps: int, beta: float, warmup_fraction: float) -> float:
-    """The weight of the rate at optimisation step ``step`` (0-based) of ``total_steps``:
-    ``β · min(1, (step + 1) / W)`` with ``W = round(warmup_fraction · total_steps)``, so β rises
-    linearly from ``β / W`` to ``β`` over the first ``W`` steps (``W = 0``: ``β`` throughout)."""
+    """The weight of the rate at optimisation step ``step`` (0-based) of ``total_steps``.
+
+    With ``W = round(warmup_fraction · total_steps)``: ``0`` for the first ``W`` steps (the code
+    learns the label first), then ``β · min(1, (step + 1 − W) / W)``, a linear rise that reaches
+    ``β`` at step ``2W − 1`` and stays there (``W = 0``: ``β`` throughout)."""
     w = round(warmup_fraction * total_steps)
-    return beta if w <= 0 else beta * min(1.0, (step + 1) / w)
+    if w <= 0:
+        return beta
+    return 0.0 if step < w else beta * min(1.0, (step + 1 - w) / w)
 
 
 def _owner(cfg: GMVIBConfig, spec: ModelSpec) -> str:
@@ -656,18 +660,25 @@ def _run_beta(ctx: _Context) -> Path:
 
 
 def _rate_direction(history: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per model, the validation rate (``I(Z;x)`` upper bound, nats) after the first and the last
-    epoch, its peak epoch, and whether it fell from the first epoch to the last."""
+    """Per model, the validation rate (``I(Z;x)`` upper bound, nats) after the first epoch
+    trained at the full β (``from_epoch``; epochs of the β warm-up are left out, their rate is
+    not priced in full) and after the last, the epoch of its highest value over the whole run,
+    and whether it fell between the two."""
     out: dict[str, dict[str, Any]] = {}
     for key in dict.fromkeys(h["model"] for h in history):
         rows = [h for h in history if h["model"] == key and h["epoch"] >= 1
                 and "val_rate_nats" in h]
         if len(rows) < 2:
             continue
+        full = max(h.get("train_beta", 0.0) for h in rows)
+        priced = [h for h in rows if "train_beta" not in h or h["train_beta"] >= 0.999 * full]
+        if len(priced) < 2:
+            continue
         rates = [h["val_rate_nats"] for h in rows]
-        out[key] = {"first_epoch": rates[0], "last_epoch": rates[-1],
+        out[key] = {"from_epoch": priced[0]["epoch"], "first_epoch": priced[0]["val_rate_nats"],
+                    "last_epoch": priced[-1]["val_rate_nats"],
                     "peak_epoch": rows[rates.index(max(rates))]["epoch"],
-                    "falls": rates[-1] < rates[0]}
+                    "falls": priced[-1]["val_rate_nats"] < priced[0]["val_rate_nats"]}
     return out
 
 
