@@ -575,17 +575,25 @@ def _convergence(history: Sequence[dict[str, Any]], threshold: float) -> dict[st
             "met": mean_abs is not None and mean_abs < threshold}
 
 
+def _collect(ctx: _Context, rec: Any, experiment: str, tags: Sequence[str]
+             ) -> list[tuple[ModelSpec, dict[str, Any], dict[str, Any]]]:
+    """Train (or load) every model of ``experiment``; return ``(spec, evals, row)`` per model and
+    append its history to ``rec``, each row tagged with the model key, dataset, kind and the
+    spec fields named in ``tags``."""
+    out = []
+    for spec in experiment_specs(ctx.config, experiment):
+        ev = _train_and_evaluate(ctx, spec)
+        out.append((spec, ev, _row(spec, ev, ctx.config)))
+        tag = {"model": spec.key, "dataset": spec.dataset, "kind": spec.kind,
+               **{t: getattr(spec, t) for t in tags}}
+        rec.history.extend({**tag, **h} for h in ev["history"])
+    return out
+
+
 def _run_table1(ctx: _Context) -> Path:
     cfg = ctx.config
     with ctx.recorder("table1") as rec:
-        rows = []
-        for spec in experiment_specs(cfg, "table1"):
-            ev = _train_and_evaluate(ctx, spec)
-            rows.append(_row(spec, ev, cfg))
-            for h in ev["history"]:
-                rec.history.append({"model": spec.key, "dataset": spec.dataset,
-                                    "kind": spec.kind, "beta": spec.beta,
-                                    "replicate": spec.replicate, **h})
+        rows = [row for _, _, row in _collect(ctx, rec, "table1", ("beta", "replicate"))]
         summary: dict[str, dict[str, dict[str, Any]]] = {}
         for ds in cfg.datasets:
             for kind in KINDS:
@@ -621,16 +629,11 @@ def _run_beta(ctx: _Context) -> Path:
     cfg = ctx.config
     with ctx.recorder("beta") as rec:
         settings = []
-        for spec in experiment_specs(cfg, "beta"):
-            ev = _train_and_evaluate(ctx, spec)
-            row = _row(spec, ev, cfg)
+        for _, ev, row in _collect(ctx, rec, "beta", ("beta",)):
             row["projection"] = ev["projection"]
             if "weights" in ev:
                 row["weights"] = ev["weights"]
             settings.append(row)
-            for h in ev["history"]:
-                rec.history.append({"model": spec.key, "dataset": spec.dataset,
-                                    "kind": spec.kind, "beta": spec.beta, **h})
         bars: dict[str, Any] = {}
         best: dict[str, dict[str, Any]] = {}
         for ds in cfg.datasets:
@@ -685,13 +688,7 @@ def _rate_direction(history: Sequence[dict[str, Any]]) -> dict[str, dict[str, An
 def _run_items(ctx: _Context) -> Path:
     cfg = ctx.config
     with ctx.recorder("items") as rec:
-        rows = []
-        for spec in experiment_specs(cfg, "items"):
-            ev = _train_and_evaluate(ctx, spec)
-            rows.append(_row(spec, ev, cfg))
-            for h in ev["history"]:
-                rec.history.append({"model": spec.key, "dataset": spec.dataset,
-                                    "kind": spec.kind, "replicate": spec.replicate, **h})
+        rows = [row for _, _, row in _collect(ctx, rec, "items", ("replicate",))]
         rec.metrics.update({
             "datasets": list(cfg.item_datasets),
             "n_train": cfg.train_size, "n_val": cfg.val_size, "n_test": cfg.test_size,
