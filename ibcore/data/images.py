@@ -5,8 +5,10 @@ Folders, relative to the data root (:func:`ibcore.data.data_root`: the ``root`` 
 
 * ``images/photos/`` — the training photographs of the ``smoke`` and ``cpu`` profiles
   (any ``.jpg``/``.jpeg``/``.png`` files).
+* ``images/wallpapers/train/`` — more training photographs (PNG, long side ≤ 2048 pixels).
 * ``images/kodak/`` — the Kodak test images (``kodim02.png``, ``kodim07.png`` here); never
   trained on.
+* ``images/wallpapers/test/`` — held-out photographs, a second test set; never trained on.
 * ``clic/train/`` — the ``paper`` profile's training set: put the images of the CLIC 2019/2020
   professional and mobile *train* and *valid* splits (PNG) in this one folder (sub-folders are
   searched too). The paper profile reads them lazily from disk (:class:`CropSource` with
@@ -42,27 +44,35 @@ __all__ = [
     "KODAK_FOLDER",
     "KODAK_TEST_IMAGES",
     "PHOTOS_FOLDER",
+    "WALLPAPERS_TEST_FOLDER",
+    "WALLPAPERS_TRAIN_FOLDER",
     "CropSource",
     "image_folder",
     "list_images",
     "load_image",
     "load_images",
     "load_kodak",
+    "load_test_set",
+    "pyramid",
     "random_crops",
     "save_png",
 ]
 
 PHOTOS_FOLDER = "images/photos"
+WALLPAPERS_TRAIN_FOLDER = "images/wallpapers/train"
+WALLPAPERS_TEST_FOLDER = "images/wallpapers/test"
 KODAK_FOLDER = "images/kodak"
 CLIC_FOLDER = "clic/train"
 KODAK_TEST_IMAGES: tuple[str, ...] = ("kodim02.png", "kodim07.png")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 
-_FOLDERS = {"photos": PHOTOS_FOLDER, "kodak": KODAK_FOLDER, "clic": CLIC_FOLDER}
+_FOLDERS = {"photos": PHOTOS_FOLDER, "wallpapers-train": WALLPAPERS_TRAIN_FOLDER,
+            "wallpapers-test": WALLPAPERS_TEST_FOLDER, "kodak": KODAK_FOLDER, "clic": CLIC_FOLDER}
 
 
 def image_folder(name: str, root: str | os.PathLike | None = None) -> Path:
-    """The folder of the image set ``name`` (``"photos"``, ``"kodak"`` or ``"clic"``)."""
+    """The folder of the image set ``name`` (a key of ``_FOLDERS``: ``"photos"``,
+    ``"wallpapers-train"``, ``"wallpapers-test"``, ``"kodak"`` or ``"clic"``)."""
     if name not in _FOLDERS:
         raise InvalidParameterError(
             f"unknown image set {name!r}; choose one of {', '.join(_FOLDERS)}"
@@ -187,6 +197,41 @@ def load_kodak(
     return {name: load_image(folder / name) for name in names}
 
 
+def load_test_set(
+    name: str, root: str | os.PathLike | None = None, names: Sequence[str] | None = None
+) -> dict[str, Tensor]:
+    """The images of the image set ``name`` (:func:`image_folder`) as ``{file name: image}``:
+    the files ``names`` in that order, or every image of the folder (sorted) when ``None``."""
+    folder = image_folder(name, root)
+    if names is None:
+        return {p.name: load_image(p) for p in list_images(folder)}
+    if not folder.is_dir():
+        raise DataNotFoundError(
+            f"the image folder {folder} does not exist; put {', '.join(names)} there"
+        )
+    return {n: load_image(folder / n) for n in names}
+
+
+def pyramid(image: Tensor, scales: Sequence[float], min_size: int = 1) -> list[tuple[float, Tensor]]:
+    """``image`` (``uint8 [3, H, W]``) resized by each factor of ``scales`` (Lanczos, so a
+    downscale is low-pass filtered first): ``[(scale, image), …]``. Levels whose short side
+    would fall below ``min_size`` are left out; scale 1 is the image itself."""
+    out = []
+    h, w = int(image.shape[1]), int(image.shape[2])
+    for s in scales:
+        if not 0 < s <= 1:
+            raise InvalidParameterError(f"pyramid scales must lie in (0, 1], got {s}")
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        if min(size) < min_size:
+            continue
+        if size == (w, h):
+            out.append((float(s), image))
+            continue
+        im = Image.fromarray(image.permute(1, 2, 0).numpy()).resize(size, Image.Resampling.LANCZOS)
+        out.append((float(s), torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).contiguous()))
+    return out
+
+
 def _check_crop_request(size: int, n: int, sizes: Sequence[tuple[int, int]]) -> None:
     check_int("size", size, low=1)
     check_int("n", n, low=1)
@@ -202,14 +247,18 @@ def _check_crop_request(size: int, n: int, sizes: Sequence[tuple[int, int]]) -> 
 
 
 def _crop_plan(
-    sizes: Sequence[tuple[int, int]], size: int, n: int, generator: torch.Generator, flip: bool
+    sizes: Sequence[tuple[int, int]], size: int, n: int, generator: torch.Generator, flip: bool,
+    image_weights: Sequence[float] | None = None,
 ) -> list[tuple[int, int, int, bool]]:
     """``(image index, top, left, flip)`` for ``n`` crops.
 
     An image is chosen with probability proportional to its number of crop positions
-    ``(H − size + 1)(W − size + 1)``, so every position of every image is equally likely.
+    ``(H − size + 1)(W − size + 1)`` (times ``image_weights[i]`` when given), so without weights
+    every position of every image is equally likely.
     """
     weights = torch.tensor([(h - size + 1) * (w - size + 1) for h, w in sizes], dtype=torch.float64)
+    if image_weights is not None:
+        weights = weights * torch.tensor(list(image_weights), dtype=torch.float64)
     idx = torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
     u = torch.rand(n, 3, generator=generator, dtype=torch.float64)
     plan = []
@@ -228,6 +277,7 @@ def random_crops(
     generator: torch.Generator,
     *,
     flip: bool = True,
+    image_weights: Sequence[float] | None = None,
 ) -> Tensor:
     """``n`` random ``size × size`` crops of ``images`` (each ``uint8 [3, H, W]``): ``[n, 3, s, s]``.
 
@@ -241,7 +291,8 @@ def random_crops(
     sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
     _check_crop_request(size, n, sizes)
     out = torch.empty(n, 3, size, size, dtype=images[0].dtype)
-    for k, (i, top, left, mirror) in enumerate(_crop_plan(sizes, size, n, generator, flip)):
+    plan = _crop_plan(sizes, size, n, generator, flip, image_weights)
+    for k, (i, top, left, mirror) in enumerate(plan):
         crop = images[i][:, top : top + size, left : left + size]
         out[k] = crop.flip(-1) if mirror else crop
     return out
@@ -261,32 +312,62 @@ class CropSource:
     CLIC train + valid sets), and the operating system's page cache keeps the hot part in
     memory. All three ways give identical crops for identical generators (when ``short_side``
     is ``None``; with resizing the sizes are those after resizing).
+
+    ``folder`` may be a list of folders (their images are pooled); files named in ``exclude``
+    are left out (a validation split). **Multi-scale crops** (in memory only): with
+    ``scales = (1, s₂, …)`` every image is also held at each scale ``s`` (Lanczos, see
+    :func:`pyramid`; levels whose short side is below ``min_size`` are dropped), and a level
+    is drawn with weight ``1/s²`` times its crop positions, so each scale of an image gets about
+    the same share of crops as its full-resolution level, and a crop at scale ``s`` covers
+    ``1/s`` times as much of the scene.
     """
 
     CACHE_VERSION = 1
 
     def __init__(
         self,
-        folder: str | os.PathLike,
+        folder: str | os.PathLike | Sequence[str | os.PathLike],
         *,
         in_memory: bool = True,
         short_side: int | None = None,
         recursive: bool = False,
         workers: int = 4,
         cache_dir: str | os.PathLike | None = None,
+        exclude: Sequence[str] = (),
+        scales: Sequence[float] = (1.0,),
+        min_size: int = 1,
     ) -> None:
-        self.paths = list_images(folder, recursive=recursive)
+        folders = [folder] if isinstance(folder, (str, os.PathLike)) else list(folder)
+        self.paths = [p for f in folders for p in list_images(f, recursive=recursive)
+                      if p.name not in set(exclude)]
+        if not self.paths:
+            raise DataNotFoundError(f"no training images left in {folders} after excluding {exclude}")
         self.in_memory = bool(in_memory)
         self.short_side = None if short_side is None else check_int("short_side", short_side)
         self.workers = check_int("workers", workers, low=1)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.scales = tuple(float(x) for x in scales)
+        if not self.scales or self.scales[0] != 1.0:
+            raise InvalidParameterError(f"scales must start with 1.0, got {self.scales}")
+        if self.scales != (1.0,) and not self.in_memory:
+            raise InvalidParameterError("multi-scale crops need in_memory=True")
         self.images: list[Tensor] | None = None
+        self.weights: list[float] | None = None
+        self.levels: list[tuple[int, float]] = []  # (path index, scale) of each held image
         self._pool: ThreadPoolExecutor | None = None
         if self.in_memory:
-            self.images = [load_image(p, short_side=short_side) for p in self.paths]
+            self.images, self.weights = [], []
+            for i, p in enumerate(self.paths):
+                for s, im in pyramid(load_image(p, short_side=short_side), self.scales, min_size):
+                    self.images.append(im)
+                    self.weights.append(1.0 / (s * s))
+                    self.levels.append((i, s))
+            if self.scales == (1.0,):
+                self.weights = None
             self.sizes = [(int(im.shape[1]), int(im.shape[2])) for im in self.images]
         else:
             self.sizes = [self._size_of(p) for p in self.paths]
+            self.levels = [(i, 1.0) for i in range(len(self.paths))]
 
     def _size_of(self, path: Path) -> tuple[int, int]:
         try:
@@ -305,9 +386,11 @@ class CropSource:
             self._pool.shutdown(wait=False)
 
     def patches_per_epoch(self, size: int) -> int:
-        """Σ over images of ``⌊H/size⌋·⌊W/size⌋``: the non-overlapping ``size²`` patches."""
+        """Σ over images of ``⌊H/size⌋·⌊W/size⌋``: the non-overlapping ``size²`` patches
+        (of the full-resolution images)."""
         check_int("size", size, low=1)
-        return sum((h // size) * (w // size) for h, w in self.sizes)
+        return sum((h // size) * (w // size)
+                   for (h, w), (_, s) in zip(self.sizes, self.levels, strict=True) if s == 1.0)
 
     def cache_path(self, index: int) -> Path:
         """The decoded-image cache file of image ``index`` (needs ``cache_dir``)."""
@@ -343,7 +426,8 @@ class CropSource:
     ) -> Tensor:
         """``n`` random crops ``uint8 [n, 3, size, size]`` (see :func:`random_crops`)."""
         if self.images is not None:
-            return random_crops(self.images, size, n, generator, flip=flip)
+            return random_crops(self.images, size, n, generator, flip=flip,
+                                image_weights=self.weights)
         _check_crop_request(size, n, self.sizes)
         plan = _crop_plan(self.sizes, size, n, generator, flip)
         needed = sorted({i for i, *_ in plan})
