@@ -159,9 +159,9 @@ class NCVAEConfig:
     # the trunk: one model trained at the high-rate end (the smallest rate weight); every sweep
     # model is fine-tuned from it for `epochs` epochs at peak rate `lr`
     warm_start: bool = True
-    trunk_epochs: int = 40
+    trunk_epochs: int = 50
     trunk_lr: float = 1.5e-3
-    epochs: int = 7
+    epochs: int = 8
     lr: float = 5e-4
     # models
     rate_weights: tuple[float, ...] = (3000.0, 1000.0, 350.0, 120.0, 40.0, 12.0)
@@ -169,7 +169,7 @@ class NCVAEConfig:
     # noise ablation: one model per σ, each from the same initialisation with the same schedule
     ablation_rate_weight: float = 350.0
     ablation_noise_stds: tuple[float, ...] = (0.0, 0.01, 0.1, 0.3)
-    ablation_epochs: int = 10
+    ablation_epochs: int = 12
     ablation_lr: float = 1.5e-3
     # evaluation: test sets {label: (image set, file names or () for the whole folder)}
     test_sets: tuple[tuple[str, str, tuple[str, ...]], ...] = (
