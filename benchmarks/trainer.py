@@ -11,7 +11,7 @@ the runner trains on; no dataset is read):
 
 ``gmvib``        GMVIB encoder + decoder head (Multi-MNIST 64×64, batch 100, 12 samples)
 ``entropy_ib``   the ResNet encoder with the kNN-entropy IB objective (β'' = 0.5, with noise)
-``ncvae``        the NC-VAE codec on random 96×96 crops (batch 8, gradient clipping)
+``ncvae``        the NC-VAE codec on random 128×128 crops (batch 8, gradient clipping)
 ``infomax``      the DIM(L) encoder with its global and local critics (infoNCE), MI trace
 ``glasses``      the MLP VAE of the variational-glasses zoo (MNIST, batch 128)
 
@@ -152,9 +152,10 @@ def profile_of(name: str) -> Profile:
     if name == "ncvae":
         from ibcore.runners import ncvae as r
         c = r.PROFILES["cpu"]
-        n_models = len(c.rate_weights) + len(c.ablation_noise_stds) - 1  # one model is shared
+        n_models = len(c.rate_weights)
         return Profile(c.steps_per_epoch, c.batch_size, c.epochs, n_models,
-                       f"plus the warm-start trunk: {c.trunk_epochs} epochs")
+                       f"plus the high-rate trunk ({c.trunk_epochs} epochs) and "
+                       f"{len(c.ablation_noise_stds)} ablation models ({c.ablation_epochs} epochs)")
     if name == "infomax":
         from ibcore.runners import infomax as r
         c = r.PROFILES["cpu"]
@@ -271,11 +272,11 @@ def _ncvae(steps: int, batch: int | None, cl: bool, gen: torch.Generator) -> Cas
 
     cfg = r.PROFILES["cpu"]
     b = batch or cfg.batch_size
-    # photos downscaled to a 512-pixel short side, held in memory (CropSource(in_memory=True))
-    images = [torch.randint(0, 256, (3, 512, 768), dtype=torch.uint8, generator=gen)
+    # training photographs held in memory (CropSource(in_memory=True)); two validation images
+    images = [torch.randint(0, 256, (3, 1024, 1536), dtype=torch.uint8, generator=gen)
               for _ in range(4)]
-    kodak = {k: torch.randint(0, 256, (3, 512, 768), dtype=torch.uint8, generator=gen)
-             for k in cfg.test_images}
+    validation = {k: torch.randint(0, 256, (3, 600, 868), dtype=torch.uint8, generator=gen)
+                  for k in cfg.validation_images}
     model = NCVAE(cfg.arch, device=CPU)
     modules = _finish({"model": model}, cl)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -290,7 +291,7 @@ def _ncvae(steps: int, batch: int | None, cl: bool, gen: torch.Generator) -> Cas
                                    cfg.grad_clip)
 
     def epoch_eval() -> object:
-        return r._estimate_on_tests(model, kodak, CPU)
+        return r._estimate(model, validation, CPU)
 
     spe = steps
     return Case("ncvae", modules, opt, (torch.arange(steps),), 1,

@@ -161,6 +161,32 @@ def test_random_crops_are_windows_of_the_images_and_reproducible():
         random_crops(images, 41, 1, torch.Generator())
 
 
+def test_multi_scale_crops_are_windows_of_the_downscaled_levels_with_equal_shares(tmp_path):
+    rng = np.random.default_rng(3)
+    for name, (h, w) in {"a.png": (256, 320), "b.png": (200, 260), "val.png": (130, 140)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
+    src = CropSource(tmp_path, scales=(1.0, 0.5, 0.25), min_size=64, exclude=("val.png",))
+    assert [p.name for p in src.paths] == ["a.png", "b.png"]
+    # b at 0.25 is 50 x 65, below the 64-pixel minimum: dropped
+    assert src.levels == [(0, 1.0), (0, 0.5), (0, 0.25), (1, 1.0), (1, 0.5)]
+    assert src.sizes[1] == (128, 160) and src.sizes[2] == (64, 80)
+    half = np.asarray(Image.open(tmp_path / "a.png").resize((160, 128), Image.Resampling.LANCZOS))
+    assert torch.equal(src.images[1], torch.from_numpy(half.copy()).permute(2, 0, 1))
+    assert src.patches_per_epoch(64) == 4 * 5 + 3 * 4  # full resolution only
+    # a level is drawn with weight 1/s² · positions: scale 1 and scale ½ of a get similar shares
+    plan = __import__("ibcore.data.images", fromlist=["_crop_plan"])._crop_plan(
+        src.sizes, 32, 20000, torch.Generator().manual_seed(0), False, src.weights)
+    counts = np.bincount([i for i, *_ in plan], minlength=len(src.sizes)) / 20000
+    expected = np.array([(h - 31) * (w - 31) * wt for (h, w), wt in zip(src.sizes, src.weights,
+                                                                           strict=True)])
+    assert np.allclose(counts, expected / expected.sum(), atol=0.015)
+    assert 1 < counts[0] / counts[1] < 1.5  # equal but for the crop-size border effect
+    with pytest.raises(InvalidParameterError, match="in_memory"):
+        CropSource(tmp_path, in_memory=False, scales=(1.0, 0.5))
+    with pytest.raises(InvalidParameterError, match="start with 1.0"):
+        CropSource(tmp_path, scales=(0.5,))
+
+
 def test_missing_or_empty_folders_raise_data_not_found(tmp_path):
     with pytest.raises(DataNotFoundError, match="does not exist"):
         list_images(tmp_path / "nope")
@@ -295,28 +321,54 @@ def test_gradient_energy_ratio_hand_computed():
     assert runner.gradient_energy_ratio(torch.zeros_like(img), img) == 0.0
 
 
-def _fake_metrics(gap: float) -> dict:
-    def point(bpp_scale, offset):
-        return {"images": {im: {"bpp": 0.08 * bpp_scale, "psnr_db": 30.0 + offset,
-                                "rate_rel_gap": 0.004, "encode_s": 0.3, "decode_s": 0.4}
-                           for im in ("a", "b")}}
-    ours = {"m1": point(1, gap), "m2": point(4, 4 + gap)}
-    jpeg = [point(1, 0), point(4, 4)]
-    for p in jpeg:
-        for v in p["images"].values():
-            v.pop("rate_rel_gap")
-    return {"test_images": ["a", "b"], "models": ours, "baselines": {"jpeg": jpeg},
-            "bd": {"jpeg2000": {"bd_rate_percent": -12.5}}}
+def _fake_metrics(gap: float, top_bpp: float = 0.64, small_bytes: int = 1500) -> dict:
+    """Two test sets; our curve is JPEG's shifted up by ``gap`` dB, 4 dB per doubling of the rate
+    from 0.08 bpp (0.16, 0.32 and ``top_bpp``), with one small file per set."""
+    def point(bpp, psnr, gap_rel=0.004, nbytes=20_000):
+        return {"images": {im: {"bpp": bpp, "psnr_db": psnr, "rate_rel_gap": gap_rel,
+                                "bytes": nbytes, "header_bytes": 31, "encode_s": 0.3,
+                                "decode_s": 0.4} for im in ("a", "b")}}
+    rates = [0.08, 0.16, 0.32, top_bpp]
+    psnr = [30.0 + 4 * math.log2(r / 0.08) for r in rates]
+    models = {}
+    for k, (r, q) in enumerate(zip(rates, psnr, strict=True)):
+        small = k == 0
+        sets = {label: point(r, q + gap, 0.03 if small else 0.004, small_bytes if small else 20_000)
+                for label in ("kodak", "other")}
+        models[f"m{k}"] = {"sets": sets}
+    jpeg = [point(r, q) for r, q in zip(rates, psnr, strict=True)]
+    sets = {"kodak": ["a", "b"], "other": ["a", "b"]}
+    return {"test_sets": sets, "speed_set": "kodak", "models": models,
+            "baselines": {label: {"jpeg": jpeg} for label in sets},
+            "bd": {"kodak": {"jpeg2000": {"bd_rate_percent": -12.5}},
+                   "other": {"jpeg2000": {"bd_rate_percent": 3.0}}}}
 
 
 @pytest.mark.parametrize("gap,ok", [(3.0, True), (1.5, False)])
 def test_check_bars_hand_computed(gap, ok):
     bars = runner.check_bars(_fake_metrics(gap))
-    assert bars["jpeg_gain"]["value"] == pytest.approx(gap)
-    assert bars["jpeg_gain"]["range_covered"] and bars["jpeg_gain"]["pass"] is ok
-    assert bars["bd_rate_vs_jpeg2000"]["value"] == -12.5
-    assert bars["rate_agreement"]["value"] == pytest.approx(0.004) and bars["rate_agreement"]["pass"]
+    for label in ("kodak", "other"):
+        jg = bars[label]["jpeg_gain"]
+        assert jg["value"] == pytest.approx(gap) and jg["pass"] is ok
+        assert all(v["range_covered"] for v in jg["per_image"].values())
+        # 4 dB per doubling: 0.2 → 0.4 bpp gains exactly 4 dB
+        assert bars[label]["high_rate_gain"]["value"] == pytest.approx(4.0)
+        assert bars[label]["high_rate_gain"]["pass"]
+    assert bars["kodak"]["bd_rate_vs_jpeg2000"]["pass"] is True
+    assert bars["other"]["bd_rate_vs_jpeg2000"]["pass"] is False
+    ra = bars["rate_agreement"]
+    # the 3 % gap of the small files is reported beside, not checked
+    assert ra["value"] == pytest.approx(0.004) and ra["pass"] and ra["files_checked"] == 12
+    assert ra["small_files"]["count"] == 4
+    assert ra["small_files"]["max_header_share"] == pytest.approx(31 / 1500)
     assert bars["codec_seconds"]["value"] == pytest.approx(0.7) and bars["codec_seconds"]["pass"]
+
+
+def test_check_bars_fails_a_curve_that_stops_short_of_the_high_rate_end():
+    bars = runner.check_bars(_fake_metrics(3.0, top_bpp=0.3))
+    hr = bars["kodak"]["high_rate_gain"]
+    assert hr["value"] is None and hr["pass"] is False
+    assert hr["curve_max_bpp"] == pytest.approx(0.32)
 
 
 def test_config_validation():
@@ -326,6 +378,12 @@ def test_config_validation():
         dataclasses.replace(runner.PROFILES["cpu"], sweep_noise_std=-0.1)
     with pytest.raises(UnknownNameError):
         dataclasses.replace(runner.PROFILES["cpu"], baseline_codecs=("bpg",))
+    with pytest.raises(InvalidParameterError, match="train_scales"):
+        dataclasses.replace(runner.PROFILES["cpu"], train_scales=(0.5, 1.0))
+    with pytest.raises(InvalidParameterError, match="speed_set"):
+        dataclasses.replace(runner.PROFILES["cpu"], speed_set="clic")
+    with pytest.raises(UnknownNameError):
+        dataclasses.replace(runner.PROFILES["cpu"], schedule="exponential")
     with pytest.raises(UnknownNameError):
         runner.run("huge")
     names = runner.shipped_names(runner.PROFILES["cpu"])
@@ -338,9 +396,9 @@ def test_config_validation():
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     try:
-        list_images(image_folder("photos", DATA))
+        list_images(image_folder("wallpapers-train", DATA))
     except DataNotFoundError:
-        pytest.skip("training photos not available")
+        pytest.skip("training photographs not available")
     root = tmp_path_factory.mktemp("ncvae") / "results"
     written = runner.run("smoke", results_root=root, progress=False, data_root=DATA)
     return root, {k: json.loads(v.read_text()) for k, v in written.items()}, written
@@ -353,17 +411,27 @@ def test_smoke_run_writes_results_with_expected_metrics(smoke):
     m = sweep["metrics"]
     cfg = runner.PROFILES["smoke"]
     assert len(m["models"]) == len(cfg.rate_weights)
+    assert set(m["test_sets"]) == {"kodak", "wallpapers"}
     for entry in m["models"].values():
-        for im in cfg.test_images:
-            v = entry["images"][im]
-            assert v["roundtrip_exact"] is True
-            assert v["bpp"] == pytest.approx(8 * v["bytes"] / (768 * 512))
-            assert {"psnr_db", "estimated_bpp", "rate_rel_gap", "encode_s", "decode_s"} <= set(v)
-    assert set(m["bars"]) >= {"jpeg_gain", "rate_agreement", "codec_seconds"}
-    assert set(m["table_psnr_db"]) >= {"ncvae", "jpeg"}
-    assert len(m["table_psnr_db"]["jpeg"]) == len(runner.SOURCE_BPPS)
+        for label, images in m["test_sets"].items():
+            for im in images:
+                v = entry["sets"][label]["images"][im]
+                assert v["roundtrip_exact"] is True
+                assert v["bpp"] == pytest.approx(8 * v["bytes"] / v["pixels"])
+                assert v["header_bytes"] < v["bytes"]
+                assert {"psnr_db", "estimated_bpp", "rate_rel_gap"} <= set(v)
+                assert (v["encode_s"] is None) is (label != cfg.speed_set)
+    for label in m["test_sets"]:
+        assert {"jpeg_gain", "high_rate_gain", "bd_rate_vs_jpeg2000"} <= set(m["bars"][label])
+        assert set(m["table_psnr_db"][label]) >= {"ncvae", "jpeg"}
+        assert len(m["table_psnr_db"][label]["jpeg"]) == len(runner.SOURCE_BPPS)
+    assert {"rate_agreement", "codec_seconds"} <= set(m["bars"])
     assert {"decoder_params", "decode_ms", "decoder_bytes_float32"} <= set(m["complexity"])
-    assert {"test_bpp_estimated", "test_psnr_db", "model", "epoch"} <= set(sweep["history"][-1])
+    # learning curves on the held-out validation images; the trunk at the high-rate end
+    last = sweep["history"][-1]
+    assert {"val_bpp_estimated", "val_psnr_db", "model", "epoch", "lr_start", "lr_end"} <= set(last)
+    assert m["trunk"]["rate_weight"] == min(cfg.rate_weights)
+    assert not set(cfg.validation_images) & set(m["training_images"]["files"])
     for name, art in sweep["artifacts"].items():  # crops beside the result, with checksums
         path = written["rd_sweep"].parent / art["file"]
         assert hashlib.sha256(path.read_bytes()).hexdigest() == art["sha256"], name
@@ -372,6 +440,22 @@ def test_smoke_run_writes_results_with_expected_metrics(smoke):
     abl = results["noise_ablation"]["metrics"]
     assert {v["noise_std"] for v in abl["models"].values()} == set(cfg.ablation_noise_stds)
     assert all("test_gradient_energy_ratio" in v for v in abl["models"].values())
+
+
+def test_ablation_models_share_one_initialisation_and_sweep_models_start_from_the_trunk(tmp_path):
+    cfg = runner.PROFILES["smoke"]
+    ctx = runner._Context("smoke", cfg, torch.device("cpu"), 0, False, tmp_path / "results",
+                          False, __import__("pathlib").Path(DATA))
+    abl = runner.model_specs(cfg, "noise_ablation")
+    seeds = {runner._init_seed(ctx, s) for s in abl}
+    assert len(abl) == len(cfg.ablation_noise_stds) and len(seeds) == 1
+    assert all(runner._init_of(ctx, s) == (None, None) for s in abl)  # no warm start
+    tasks = runner.plan(ctx, runner.EXPERIMENTS)
+    keys = [t.key for t in tasks]
+    assert keys[0] == "trunk" and keys[-1] == "baselines"
+    sweep = [t for t in tasks if t.spec is not None and t.spec.role == "sweep"]
+    assert len(sweep) == len(cfg.rate_weights) and all(t.after == ("trunk",) for t in sweep)
+    assert all(t.after == () for t in tasks if t.spec is not None and t.spec.role == "ablation")
 
 
 def test_finished_models_are_reused_and_exported(smoke, tmp_path):
@@ -401,16 +485,17 @@ def test_finished_models_are_reused_and_exported(smoke, tmp_path):
 
 def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch):
     try:
-        list_images(image_folder("photos", DATA))
+        list_images(image_folder("wallpapers-train", DATA))
     except DataNotFoundError:
-        pytest.skip("training photos not available")
+        pytest.skip("training photographs not available")
     cfg = dataclasses.replace(runner.PROFILES["smoke"], steps_per_epoch=2, epochs=2,
                               warm_start=False, trunk_epochs=0)
 
     def train(root, resume):
         ctx = runner._Context("smoke", cfg, torch.device("cpu"), 0, resume, root, False,
                               __import__("pathlib").Path(DATA))
-        return runner._model(ctx, 300.0, 0.01)
+        spec = next(m for m in runner.model_specs(cfg, "rd_sweep") if m.rate_weight == 300.0)
+        return runner._train(ctx, spec)
 
     whole = train(tmp_path / "a" / "results", False)
     calls = {"n": 0}
