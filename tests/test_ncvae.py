@@ -364,6 +364,17 @@ def test_check_bars_hand_computed(gap, ok):
     assert bars["codec_seconds"]["value"] == pytest.approx(0.7) and bars["codec_seconds"]["pass"]
 
 
+def test_check_bars_compares_with_jpeg_only_where_jpeg_reaches():
+    m = _fake_metrics(3.0)
+    for p in m["baselines"]["kodak"]["jpeg"]:  # JPEG's lowest quality lands at 0.16 bpp
+        for v in p["images"].values():
+            v["bpp"] = max(v["bpp"], 0.16)
+    m["baselines"]["kodak"]["jpeg"] = m["baselines"]["kodak"]["jpeg"][1:]
+    jg = runner.check_bars(m)["kodak"]["jpeg_gain"]
+    assert jg["pass"] and jg["value"] == pytest.approx(3.0)
+    assert all(0 < v["points_compared"] < 16 for v in jg["per_image"].values())
+
+
 def test_check_bars_fails_a_curve_that_stops_short_of_the_high_rate_end():
     bars = runner.check_bars(_fake_metrics(3.0, top_bpp=0.3))
     hr = bars["kodak"]["high_rate_gain"]

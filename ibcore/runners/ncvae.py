@@ -406,9 +406,10 @@ def check_bars(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
     * ``bd_rate_vs_jpeg2000``: the Bjøntegaard rate difference of our mean curve against
       JPEG 2000's; passes at ``≤ 0 %`` (parity or better).
-    * ``jpeg_gain``: on each image, the mean of ``PSNR_ours − PSNR_jpeg`` over a log-spaced grid
-      of rates in :data:`BAR_BPP_RANGE`; passes when every image's mean gap is ``≥ 2 dB`` and
-      our curve covers the whole range on every image.
+    * ``jpeg_gain``: on each image, the mean of ``PSNR_ours − PSNR_jpeg`` over the points of a
+      log-spaced grid of rates in :data:`BAR_BPP_RANGE` that JPEG's curve reaches (its lowest
+      quality can lie above 0.10 bpp); passes when every image's mean gap is ``≥ 2 dB`` and our
+      curve covers the whole range on every image.
     * ``high_rate_gain``: ``PSNR(0.4 bpp) − PSNR(0.2 bpp)`` of the mean curve ``≥ 1.5 dB``
       (fails when the curve does not reach 0.4 bpp).
 
@@ -439,7 +440,7 @@ def check_bars(metrics: Mapping[str, Any]) -> dict[str, Any]:
                 a = psnr_at(ob, op, grid)
                 b = psnr_at(jb, jp, grid)
                 diffs = [x - y for x, y in zip(a, b, strict=True) if x is not None and y is not None]
-                covered = all(x is not None for x in a) and all(y is not None for y in b)
+                covered = all(x is not None for x in a)  # ours; JPEG may start above 0.10 bpp
                 mean = float(np.mean(diffs)) if diffs else None
                 gaps[image] = {"mean_gap_db": mean, "min_gap_db": min(diffs) if diffs else None,
                                "points_compared": len(diffs), "range_covered": covered,
