@@ -2,32 +2,43 @@ r"""Runner of the *NC-VAE* chapter: learned image compression measured with real
 
 ``rd_sweep``
     A sweep of NC-VAE models (:mod:`ibcore.models.ncvae`) over the rate weight λ of
-    ``L = D + λR`` (``nc_vae.md`` eq. 6), trained on random crops of the photographs in
-    ``<data>/images/photos`` and tested only on the Kodak images ``kodim02.png`` and
-    ``kodim07.png`` (2 of the 24 Kodak images; never trained on). Every test number comes from a
-    real ``.ibc`` file (:mod:`ibcore.codec.bitstream`): its size in bits over the pixel count is
-    the rate, ``decode(file)`` the reconstruction. Baselines (JPEG, WebP, JPEG 2000, AVIF where
-    Pillow supports them) are coded on the same images over a quality grid
+    ``L = D + λR`` (``nc_vae.md`` eq. 6), trained on random crops of the training photographs
+    (``<data>/images/wallpapers/train`` and ``<data>/images/photos``) and tested on two sets
+    reported separately: the Kodak images ``kodim02.png`` and ``kodim07.png`` (2 of the 24) and
+    the held-out photographs of ``<data>/images/wallpapers/test``; none is ever trained on or
+    used for a choice. Every test number comes from a real ``.ibc`` file
+    (:mod:`ibcore.codec.bitstream`): its size in bits over the pixel count is the rate,
+    ``decode(file)`` the reconstruction. Baselines (JPEG, WebP, JPEG 2000, AVIF where Pillow
+    supports them) are coded on the same images over a quality grid
     (:mod:`ibcore.codec.baselines`); Bjøntegaard deltas (:mod:`ibcore.codec.bdmetrics`) compare
-    the curves. Also recorded: the model's estimated code length against the file size, encode
-    and decode times, decoder size (source Table 2), decoded crops per λ for the chapter's
-    slider, and side-by-side crops of every codec at our lowest rate.
+    the curves per test set. Also recorded: the model's estimated code length against the file
+    size and the header's size, encode and decode times (on the Kodak images), decoder size
+    (source Table 2), decoded crops per λ for the chapter's slider, side-by-side crops of every
+    codec at our lowest rate, and the checks of :func:`check_bars`.
 ``noise_ablation``
     The input-noise ablation of source Fig. 4: models at one λ trained with the encoder input
-    ``x̃ = x + N(0, s²)`` for ``s ∈ {0, 0.01, 0.1, 0.3}`` (eq. 2); rate, PSNR, the smoothness of
-    the reconstruction (its gradient energy relative to the original's), statistics of the
-    latent symbols, a decoded crop and one latent channel per model.
+    ``x̃ = x + N(0, s²)`` for ``s ∈ {0, 0.01, 0.1, 0.3}`` (eq. 2), each from the same seeded
+    initialisation with the same schedule; rate, PSNR, the smoothness of the reconstruction (its
+    gradient energy relative to the original's), statistics of the latent symbols, a decoded crop
+    and one latent channel per model, on the Kodak images.
 
-**Warm start (``cpu`` profile).** To fit the CPU budget, one *trunk* model is trained first at a
-middle λ without input noise; every model of both experiments then starts from the trunk's
-weights and is trained for the same number of further steps with its own λ and noise level.
-The ``paper`` profile trains every model from scratch with the source's protocol.
+**Trunk (``cpu`` profile).** To fit the CPU budget, one *trunk* model is trained first at the
+high-rate end of the sweep (its smallest λ); every sweep model is a copy of it fine-tuned with
+its own λ (moving down in rate). The ``paper`` profile trains every model from scratch with the
+source's protocol. Every run uses a per-step schedule (:class:`ibcore.schedules.Schedule`,
+linear warm-up and cosine decay) except ``paper``, which keeps the source's step decay.
 
-**Training data.** Each step draws fresh random crops (uniform over all crop positions of all
-images, random left-right flips) from a generator seeded by ``(seed, model, step)``, so a run
-killed at any point resumes exactly. The photos are downscaled (Lanczos) so that their short
-side is ``train_short_side`` pixels, which brings their scale of detail closer to Kodak's and
-averages away their JPEG blocking.
+**Training data.** Each step draws fresh 128×128 crops from a generator seeded by
+``(seed, model, step)``, so a run killed at any point resumes exactly: uniform positions over
+an image pyramid of every training photograph (full resolution and downscaled by √2 steps to ¼,
+each scale weighted to get about the same share of crops; :class:`ibcore.data.images.CropSource`)
+with random left-right flips. Two training photographs (``validation_images``) are held out:
+the per-epoch history (estimated rate and PSNR) is measured on them.
+
+**Tasks.** One task per model (a sweep model after the trunk) and one for the baseline codecs;
+each writes ``<key>.eval.json`` (its measurements, fingerprinted) beside its checkpoint, and the
+experiments are assembled from those files, so ``--workers 2`` trains the trunk and the
+ablation at once.
 
 Checkpoints: ``<results_root>/../runs/ncvae/models/<profile>-seed<N>/``: ``<model>.pt`` (the
 trainer's checkpoint, every epoch) and ``<model>.done`` (final weights and history, verified and
