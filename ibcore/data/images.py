@@ -189,12 +189,7 @@ def load_kodak(
     root: str | os.PathLike | None = None, names: Sequence[str] = KODAK_TEST_IMAGES
 ) -> dict[str, Tensor]:
     """The Kodak test images ``names`` from ``<data root>/images/kodak`` (name → image)."""
-    folder = image_folder("kodak", root)
-    if not folder.is_dir():
-        raise DataNotFoundError(
-            f"the Kodak folder {folder} does not exist; put {', '.join(names)} there"
-        )
-    return {name: load_image(folder / name) for name in names}
+    return load_test_set("kodak", root, names)
 
 
 def load_test_set(

@@ -1199,12 +1199,7 @@ def _finished(ctx: _Context, lam: float, s: float) -> _Trained | None:
         return None
     if not (ctx.models_dir() / f"{spec.key}.done").exists():
         return None
-    was = ctx.resume
-    ctx.resume = True
-    try:
-        return _train(ctx, spec)
-    finally:
-        ctx.resume = was
+    return _train(ctx, spec, reuse_finished=True)
 
 
 def load_model(
